@@ -1,0 +1,27 @@
+"""keras-vit: the Vision Transformer (Dosovitskiy et al., arXiv 2010.11929) for Keras 3.
+
+Public API, listed once here.
+"""
+import keras as _keras
+
+if _keras.backend.backend() != "tensorflow":
+    raise ImportError("keras_vit needs Keras's TensorFlow backend; set KERAS_BACKEND=tensorflow "
+                      f"(current backend: {_keras.backend.backend()!r})")
+
+from keras_vit import layers  # noqa: E402
+from keras_vit.checkpoints import CheckpointMismatchError, load_pretrained  # noqa: E402
+from keras_vit.models import (R26_ViT_S32, R50_ViT_B16, R50_ViT_L32, ViT, ViT_B16,  # noqa: E402
+                              ViT_B32, ViT_H14, ViT_L16, ViT_L32, ViT_S16, ViT_S32, ViT_Ti16,
+                              model_image_size)
+from keras_vit.position_embeddings import resize_position_embeddings  # noqa: E402
+from keras_vit.preprocessing import preprocess_image  # noqa: E402
+from keras_vit.variants import VARIANTS, ViTConfig  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointMismatchError", "R26_ViT_S32", "R50_ViT_B16", "R50_ViT_L32", "VARIANTS", "ViT",
+    "ViTConfig", "ViT_B16", "ViT_B32", "ViT_H14", "ViT_L16", "ViT_L32", "ViT_S16", "ViT_S32",
+    "ViT_Ti16", "layers", "load_pretrained", "model_image_size", "preprocess_image",
+    "resize_position_embeddings",
+]

@@ -1,0 +1,138 @@
+"""The pre-LN Transformer encoder block of the paper (eq. 2-3), written to run fast on CPU."""
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+
+def layer_norm(x, gamma, beta, epsilon):
+    """LayerNorm over the last axis with float32 statistics, result in ``x``'s dtype."""
+    x32 = tf.cast(x, tf.float32)
+    mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+    normed = tf.cast((x32 - mean) * tf.math.rsqrt(variance + epsilon), x.dtype)
+    return normed * tf.cast(gamma, x.dtype) + tf.cast(beta, x.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class TransformerBlock(keras.layers.Layer):
+    """``x + MHSA(LN(x))`` then ``x + MLP(LN(x))``, as in the original ViT.
+
+    Numerics follow the original release: LayerNorm epsilon 1e-6, queries scaled by
+    1/sqrt(head_dim), softmax in float32, MLP ``Dense -> GELU (tanh approximation, jax's
+    default) -> Dense``, dropout after the attention and after each MLP dense layer, plus
+    optional stochastic depth (``drop_path_rate``) on both residual branches.
+
+    Layout for speed (see shared PERFORMANCE notes): tokens are a 2-D (batch * tokens, D)
+    matrix inside the block, q/k/v live in one fused (D, 3D) kernel, and every projection is
+    ``matmul + bias_add (+ gelu)`` on 2-D tensors, which TensorFlow fuses into one oneDNN op.
+    The original checkpoint's separate (D, heads, D/heads) q/k/v kernels map onto the fused
+    kernel's column blocks exactly (see :mod:`keras_vit.checkpoints`).
+
+    Input and output: (batch, tokens, D).
+    """
+
+    def __init__(self, num_heads: int, mlp_size: int, dropout_rate: float = 0.0,
+                 attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 layer_norm_epsilon: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.mlp_size = int(mlp_size)
+        self.dropout_rate = float(dropout_rate)
+        self.attention_dropout_rate = float(attention_dropout_rate)
+        self.drop_path_rate = float(drop_path_rate)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        policy = self.dtype_policy
+        self.attention_dropout = keras.layers.Dropout(self.attention_dropout_rate, dtype=policy)
+        self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=policy)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None or dim % self.num_heads:
+            raise ValueError(f"{self.name}: the token size must be known and divisible by "
+                             f"num_heads={self.num_heads}; received input shape "
+                             f"{tuple(input_shape)}")
+        self.hidden_size = dim = int(dim)
+        ones, zeros = keras.initializers.Ones(), keras.initializers.Zeros()
+        # Glorot-uniform scaled for each of q, k, v separately (as three (D, D) kernels).
+        qkv_init = keras.initializers.VarianceScaling(2.0, "fan_avg", "uniform")
+
+        def weight(name, shape, init):
+            return self.add_weight(name=name, shape=shape, initializer=init)
+
+        self.ln1_gamma = weight("ln1_gamma", (dim,), ones)
+        self.ln1_beta = weight("ln1_beta", (dim,), zeros)
+        self.qkv_kernel = weight("qkv_kernel", (dim, 3 * dim), qkv_init)
+        self.qkv_bias = weight("qkv_bias", (3 * dim,), zeros)
+        self.out_kernel = weight("out_kernel", (dim, dim), "glorot_uniform")
+        self.out_bias = weight("out_bias", (dim,), zeros)
+        self.ln2_gamma = weight("ln2_gamma", (dim,), ones)
+        self.ln2_beta = weight("ln2_beta", (dim,), zeros)
+        self.mlp1_kernel = weight("mlp1_kernel", (dim, self.mlp_size), "glorot_uniform")
+        self.mlp1_bias = weight("mlp1_bias", (self.mlp_size,), zeros)
+        self.mlp2_kernel = weight("mlp2_kernel", (self.mlp_size, dim), "glorot_uniform")
+        self.mlp2_bias = weight("mlp2_bias", (dim,), zeros)
+        self.attention_dropout.build(None)
+        self.dropout.build(None)
+
+    def _drop_path(self, branch, batch, tokens, training):
+        """Stochastic depth: drop the whole residual branch per example."""
+        if not training or self.drop_path_rate <= 0.0:
+            return branch
+        keep = 1.0 - self.drop_path_rate
+        mask = tf.floor(keep + tf.random.uniform((batch, 1), dtype=tf.float32))
+        mask = tf.repeat(tf.cast(mask / keep, branch.dtype), tokens, axis=0)
+        return branch * mask
+
+    def call(self, x, training=None):
+        dim, heads = self.hidden_size, self.num_heads
+        head_dim = dim // heads
+        dtype = self.compute_dtype
+        static_shape = x.shape
+        x = tf.cast(x, dtype)
+        batch, tokens = tf.shape(x)[0], tf.shape(x)[1]
+
+        def w(variable):
+            return tf.cast(variable, dtype)
+
+        stream = tf.reshape(x, (-1, dim))  # (batch * tokens, D)
+
+        # Multi-head self-attention branch.
+        h = layer_norm(stream, self.ln1_gamma, self.ln1_beta, self.layer_norm_epsilon)
+        qkv = tf.nn.bias_add(tf.matmul(h, w(self.qkv_kernel)), w(self.qkv_bias))
+        qkv = tf.transpose(tf.reshape(qkv, (batch, tokens, 3, heads, head_dim)),
+                           (2, 0, 3, 1, 4))  # (3, batch, heads, tokens, head_dim)
+        query = qkv[0] * tf.cast(1.0 / math.sqrt(head_dim), dtype)
+        logits = tf.matmul(query, qkv[1], transpose_b=True)
+        probs = tf.cast(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), dtype)
+        probs = self.attention_dropout(probs, training=training)
+        attended = tf.matmul(probs, qkv[2])  # (batch, heads, tokens, head_dim)
+        attended = tf.reshape(tf.transpose(attended, (0, 2, 1, 3)), (-1, dim))
+        branch = tf.nn.bias_add(tf.matmul(attended, w(self.out_kernel)), w(self.out_bias))
+        branch = self.dropout(branch, training=training)
+        stream = stream + self._drop_path(branch, batch, tokens, training)
+
+        # MLP branch.
+        h = layer_norm(stream, self.ln2_gamma, self.ln2_beta, self.layer_norm_epsilon)
+        h = tf.nn.gelu(tf.nn.bias_add(tf.matmul(h, w(self.mlp1_kernel)), w(self.mlp1_bias)),
+                       approximate=True)
+        h = self.dropout(h, training=training)
+        branch = tf.nn.bias_add(tf.matmul(h, w(self.mlp2_kernel)), w(self.mlp2_bias))
+        branch = self.dropout(branch, training=training)
+        stream = stream + self._drop_path(branch, batch, tokens, training)
+
+        out = tf.reshape(stream, (batch, tokens, dim))
+        return tf.ensure_shape(out, static_shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_heads=self.num_heads, mlp_size=self.mlp_size,
+                      dropout_rate=self.dropout_rate,
+                      attention_dropout_rate=self.attention_dropout_rate,
+                      drop_path_rate=self.drop_path_rate,
+                      layer_norm_epsilon=self.layer_norm_epsilon)
+        return config

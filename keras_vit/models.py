@@ -1,0 +1,167 @@
+"""ViT and ResNet+ViT hybrid models as plain ``keras.Model`` s (paper section 3.1)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+import keras
+
+from keras_vit.layers import (ImageValidation, PatchEncoder, Patches, ResNetUnit, StdConv2D,
+                              TokenPooling, TransformerBlock)
+from keras_vit.layers.pooling import CLASSIFIERS
+from keras_vit.layers.resnet import group_norm
+from keras_vit.position_embeddings import to_pair
+from keras_vit.variants import VARIANTS, ViTConfig, total_stride
+
+ImageSize = Union[int, Sequence[int]]
+
+
+def _resnet_v2_backbone(x, stages, width, dtype):
+    """BiT ResNet v2 stem and stages, layer names as in the original checkpoints."""
+    base = 64 * width
+    x = StdConv2D(base, 7, strides=2, padding="same", use_bias=False, name="conv_root",
+                  dtype=dtype)(x)
+    x = group_norm("gn_root", dtype)(x)
+    x = keras.layers.ReLU(name="relu_root", dtype=dtype)(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool_root",
+                                  dtype=dtype)(x)
+    for s, num_units in enumerate(stages):
+        for u in range(num_units):
+            x = ResNetUnit(base * 2 ** s, strides=(2 if s > 0 and u == 0 else 1),
+                           use_projection=(u == 0), name=f"block{s + 1}_unit{u + 1}",
+                           dtype=dtype)(x)
+    return x
+
+
+def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 768,
+        mlp_size: int = 3072, num_heads: int = 12, num_layers: int = 12,
+        resnet_stages: Optional[Sequence[int]] = None, resnet_width: int = 1,
+        num_classes: int = 1000, include_top: bool = True, weights=None,
+        classifier: str = "token", representation_size: Optional[int] = None,
+        include_preprocessing: bool = True, dropout_rate: float = 0.0,
+        attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
+        channels: int = 3, dtype=None, name: str = "vit") -> keras.Model:
+    """Builds a Vision Transformer (or, with ``resnet_stages``, a ResNet+ViT hybrid).
+
+    The model takes images of shape (batch, H, W, channels): raw pixels in [0, 255] when
+    ``include_preprocessing`` (it rescales them to [-1, 1] itself, as the original input
+    pipeline did), else values already in [-1, 1]. It is built for ``image_size`` and also
+    accepts any other size that is a multiple of the patch size (times the ResNet stride for
+    hybrids), interpolating its position embeddings in the graph.
+
+    With ``include_top`` it returns float32 logits (batch, num_classes); without, the pooled
+    features (after the final LayerNorm and the pre-logits layer if any).
+
+    ``weights``: None, an original ``.npz`` checkpoint path, a ``.keras`` / ``.weights.h5``
+    file, or (via the named builders such as :func:`ViT_B16`) a published checkpoint name.
+
+    Example:
+    >>> model = ViT(image_size=32, patch_size=8, hidden_size=64, mlp_size=128, num_heads=4,
+    ...             num_layers=2, num_classes=10)
+    >>> model.output_shape
+    (None, 10)
+    """
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
+    config = ViTConfig(patch_size=int(patch_size), hidden_size=int(hidden_size),
+                       mlp_size=int(mlp_size), num_heads=int(num_heads),
+                       num_layers=int(num_layers),
+                       resnet_stages=tuple(resnet_stages) if resnet_stages else None,
+                       resnet_width=int(resnet_width))
+    if config.hidden_size % config.num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+    for what, value in (("dropout_rate", dropout_rate),
+                        ("attention_dropout_rate", attention_dropout_rate),
+                        ("drop_path_rate", drop_path_rate)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{what} must be in [0, 1), got {value}")
+    height, width = to_pair(image_size, "image_size")
+    stride = total_stride(config)
+    if height % stride or width % stride:
+        raise ValueError(f"image_size {(height, width)} is not divisible by {stride} (the "
+                         f"{'ResNet stride times the ' if config.resnet_stages else ''}patch "
+                         f"size); expected multiples of {stride}")
+    grid = (height // stride, width // stride)
+
+    inputs = keras.Input(shape=(None, None, channels), name="images")
+    x = ImageValidation(stride, channels, name="image_validation", dtype=dtype)(inputs)
+    if include_preprocessing:
+        # Original input pipeline: x / 127.5 - 1, no mean/std normalisation.
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling", dtype=dtype)(x)
+    if config.resnet_stages:
+        x = _resnet_v2_backbone(x, config.resnet_stages, config.resnet_width, dtype)
+    x = Patches(config.patch_size, config.hidden_size, name="embedding", dtype=dtype)(x)
+    x = PatchEncoder(grid, config.hidden_size, num_prefix_tokens=int(classifier == "token"),
+                     dropout_rate=dropout_rate, name="posembed_input", dtype=dtype)(x)
+    for i in range(config.num_layers):
+        # Stochastic depth grows linearly with depth (0 for the first block).
+        rate = drop_path_rate * i / max(config.num_layers - 1, 1)
+        x = TransformerBlock(config.num_heads, config.mlp_size, dropout_rate=dropout_rate,
+                             attention_dropout_rate=attention_dropout_rate,
+                             drop_path_rate=rate, name=f"encoderblock_{i}", dtype=dtype)(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="encoder_norm", dtype=dtype)(x)
+    x = TokenPooling(classifier, name="pool", dtype=dtype)(x)
+    if representation_size:
+        x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits",
+                               dtype=dtype)(x)
+    if include_top:
+        # Zero-initialised head in float32 (paper section 3.1, fine-tuning).
+        x = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head",
+                               dtype="float32")(x)
+    else:
+        x = keras.layers.Activation("linear", name="features", dtype="float32")(x)
+    model = keras.Model(inputs, x, name=name)
+    if weights is not None:
+        from keras_vit.weights import load_weights
+        load_weights(model, weights)
+    return model
+
+
+def _named_builder(variant: str):
+    config = VARIANTS[variant]
+
+    def build(image_size: ImageSize = 224, num_classes: int = 1000, include_top: bool = True,
+              weights=None, classifier: str = "token",
+              representation_size: Optional[int] = None, include_preprocessing: bool = True,
+              dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
+              drop_path_rate: float = 0.0, **kwargs) -> keras.Model:
+        if isinstance(weights, str):
+            from keras_vit.pretrained import resolve_weights
+            weights = resolve_weights(variant, weights)
+        arch = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint_name"}
+        return ViT(image_size=image_size, num_classes=num_classes, include_top=include_top,
+                   weights=weights, classifier=classifier,
+                   representation_size=representation_size,
+                   include_preprocessing=include_preprocessing, dropout_rate=dropout_rate,
+                   attention_dropout_rate=attention_dropout_rate,
+                   drop_path_rate=drop_path_rate, **{"name": variant.lower(), **arch, **kwargs})
+
+    build.__name__ = build.__qualname__ = variant
+    build.__doc__ = (f"{config.checkpoint_name} of the paper: patch {config.patch_size}, width "
+                     f"{config.hidden_size}, depth {config.num_layers}, MLP {config.mlp_size}, "
+                     f"{config.num_heads} heads"
+                     + (f", ResNet v2 stages {config.resnet_stages}" if config.resnet_stages
+                        else "")
+                     + ". Arguments as in :func:`ViT`; ``weights`` may also name a published "
+                       "checkpoint (see :func:`keras_vit.pretrained.available_weights`).")
+    return build
+
+
+ViT_Ti16 = _named_builder("ViT_Ti16")
+ViT_S16 = _named_builder("ViT_S16")
+ViT_S32 = _named_builder("ViT_S32")
+ViT_B16 = _named_builder("ViT_B16")
+ViT_B32 = _named_builder("ViT_B32")
+ViT_L16 = _named_builder("ViT_L16")
+ViT_L32 = _named_builder("ViT_L32")
+ViT_H14 = _named_builder("ViT_H14")
+R26_ViT_S32 = _named_builder("R26_ViT_S32")
+R50_ViT_B16 = _named_builder("R50_ViT_B16")
+R50_ViT_L32 = _named_builder("R50_ViT_L32")
+
+
+def model_image_size(model: keras.Model):
+    """The (height, width) a keras_vit model was built for (its position-embedding grid)."""
+    encoder = model.get_layer("posembed_input")
+    stride = model.get_layer("image_validation").multiple_of
+    return (encoder.grid_size[0] * stride, encoder.grid_size[1] * stride)

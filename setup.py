@@ -1,0 +1,31 @@
+"""keras-vit: the Vision Transformer as a Keras 3 / TensorFlow package."""
+from setuptools import find_packages, setup
+
+SERVING = ["tensorflow-serving-api>=2.16", "grpcio"]
+
+setup(
+    name="keras-vit",
+    version="0.1.0",
+    description="Vision Transformer (ViT, ResNet+ViT hybrids) for Keras 3 / TensorFlow: "
+                "original checkpoints, tf.distribute training, TF Serving export",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_vit", "keras_vit.*", "training", "training.*",
+                                    "export", "export.*"]),
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy",
+        "scikit-learn",        # the built-in offline dataset (handwritten digits)
+        "tensorflow-datasets",
+        "pillow",
+    ],
+    extras_require={
+        # Protos for the TF Serving warm-up file and the gRPC client.
+        "serving": SERVING,
+        "test": SERVING + ["pytest>=7", "scipy"],
+    },
+    entry_points={"console_scripts": ["keras-vit=training.cli:main"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny configurations, weight perturbation, subprocess runner."""
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A ViT small enough for a 2-core CI machine: 32x32 images, 16 tokens.
+TINY = dict(patch_size=8, hidden_size=32, mlp_size=64, num_heads=4, num_layers=2)
+
+
+def perturb(model, seed=0, scale=0.2):
+    """Random weights: a fresh model's zero head makes every output 0, hiding any bug."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        variable.assign(rng.normal(0.0, scale, variable.shape).astype(variable.dtype))
+    return model
+
+
+def random_images(batch=2, height=32, width=32, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (batch, height, width, 3)).astype(
+        "float32")
+
+
+def run_python(code, timeout=600, env=None):
+    """Runs ``code`` in a fresh interpreter at the repository root; returns stdout."""
+    full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=timeout, env=full_env)
+    if result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.config.set_dtype_policy("float32")
+    keras.utils.set_random_seed(0)
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def tiny_model():
+    import keras_vit
+    return perturb(keras_vit.ViT(image_size=32, num_classes=5, **TINY))

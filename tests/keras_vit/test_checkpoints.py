@@ -1,0 +1,194 @@
+"""Original .npz checkpoints: numerical equivalence with an independent reference, errors."""
+import logging
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vit
+from keras_vit import checkpoints, pretrained
+from keras_vit.convert import main as convert_main
+from tests import reference_vit
+from tests.conftest import TINY, random_images
+
+
+def _save(tmp_path, params, name="ckpt.npz"):
+    path = str(tmp_path / name)
+    np.savez(path, **params)
+    return path
+
+
+def _rel_err(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_plain_vit_matches_reference(tmp_path):
+    rng = np.random.default_rng(0)
+    params = reference_vit.make_checkpoint(rng)
+    model = keras_vit.ViT(image_size=32, num_classes=5, weights=_save(tmp_path, params), **TINY)
+    x = random_images(3)
+    want = reference_vit.forward(params, x, heads=4)
+    assert _rel_err(model(x).numpy(), want) < 2e-5
+
+
+def test_pre_logits_kept_when_model_has_representation(tmp_path):
+    params = reference_vit.make_checkpoint(np.random.default_rng(1), representation=24)
+    path = _save(tmp_path, params)
+    model = keras_vit.ViT(image_size=32, num_classes=5, representation_size=24, **TINY)
+    report = keras_vit.load_pretrained(model, path)
+    assert "pre_logits/kernel" in report["loaded"]
+    x = random_images(2)
+    assert _rel_err(model(x).numpy(), reference_vit.forward(params, x, heads=4)) < 2e-5
+
+
+def test_pre_logits_dropped_and_head_reinitialised_for_fine_tuning(tmp_path, caplog):
+    params = reference_vit.make_checkpoint(np.random.default_rng(2), representation=32,
+                                           num_classes=7)
+    model = keras_vit.ViT(image_size=32, num_classes=3, **TINY)
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        report = keras_vit.load_pretrained(model, _save(tmp_path, params))
+    assert set(report["dropped"]) == {"pre_logits/kernel", "pre_logits/bias"}
+    assert set(report["reinitialized"]) == {"head/kernel", "head/bias"}
+    assert "zero-initialised" in caplog.text and "pre_logits" in caplog.text
+    np.testing.assert_array_equal(model.get_layer("head").kernel.numpy(), 0.0)
+    features = keras.Model(model.input, model.get_layer("pool").output)(random_images())
+    want = reference_vit.forward(params, random_images(), heads=4, use_pre_logits=False,
+                                 features=True)
+    assert _rel_err(features.numpy(), want) < 2e-5
+
+
+def test_gap_classifier_matches_reference(tmp_path):
+    params = reference_vit.make_checkpoint(np.random.default_rng(3), classifier="gap")
+    model = keras_vit.ViT(image_size=32, num_classes=5, classifier="gap",
+                          weights=_save(tmp_path, params), **TINY)
+    x = random_images()
+    assert _rel_err(model(x).numpy(),
+                    reference_vit.forward(params, x, heads=4, classifier="gap")) < 2e-5
+
+
+@pytest.mark.parametrize("size", [48, (48, 64)])
+def test_resolution_change_matches_reference(tmp_path, size):
+    """A 4x4-grid checkpoint loaded into a larger model (the paper's fine-tune step)."""
+    params = reference_vit.make_checkpoint(np.random.default_rng(4))
+    path = _save(tmp_path, params)
+    model = keras_vit.ViT(image_size=size, num_classes=5, **TINY)
+    report = keras_vit.load_pretrained(model, path)
+    assert report["resized"]
+    h, w = (size, size) if isinstance(size, int) else size
+    x = random_images(2, h, w)
+    want = reference_vit.forward(params, x, heads=4)
+    assert _rel_err(model(x).numpy(), want) < 2e-5
+    # Runtime interpolation of a model built at 32 gives the same outputs.
+    small = keras_vit.ViT(image_size=32, num_classes=5, weights=path, **TINY)
+    np.testing.assert_allclose(small(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_hybrid_matches_reference(tmp_path):
+    stages = (1, 1)
+    params = reference_vit.make_checkpoint(np.random.default_rng(5), resnet_stages=stages,
+                                           grid=(2, 2), scale=0.1)
+    model = keras_vit.ViT(image_size=32, num_classes=5, resnet_stages=stages,
+                          **dict(TINY, patch_size=1))
+    report = keras_vit.load_pretrained(model, _save(tmp_path, params))
+    assert "block2/unit1/gn_proj/scale" in report["loaded"]
+    x = random_images(2)
+    want = reference_vit.forward(params, x, heads=4, resnet_stages=stages)
+    assert _rel_err(model(x).numpy(), want) < 2e-5
+    # Runtime resolution for hybrids: multiples of the total stride (16 here).
+    assert model(random_images(1, 48, 64)).shape == (1, 5)
+
+
+def test_mismatch_lists_every_offending_key_and_changes_nothing(tmp_path):
+    params = reference_vit.make_checkpoint(np.random.default_rng(6))
+    del params["Transformer/encoderblock_1/LayerNorm_2/scale"]
+    params["Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias"] = np.zeros(65, np.float32)
+    params["extra/kernel"] = np.zeros((2, 2), np.float32)
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    before = [v.numpy().copy() for v in model.weights]
+    with pytest.raises(keras_vit.CheckpointMismatchError) as info:
+        keras_vit.load_pretrained(model, _save(tmp_path, params))
+    message = str(info.value)
+    assert "3 problem(s)" in message
+    assert "missing key 'Transformer/encoderblock_1/LayerNorm_2/scale'" in message
+    assert "Dense_0/bias: expected shape (64,), found (65,)" in message
+    assert "unexpected key 'extra/kernel'" in message
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_wrong_architecture_is_reported(tmp_path):
+    params = reference_vit.make_checkpoint(np.random.default_rng(7), dim=48, heads=4)
+    with pytest.raises(keras_vit.CheckpointMismatchError, match="embedding/kernel: expected"):
+        keras_vit.ViT(image_size=32, weights=_save(tmp_path, params), **TINY)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file at all", "truncated"])
+def test_corrupt_file_gives_clear_error(tmp_path, content):
+    path = tmp_path / "bad.npz"
+    if content == "truncated":
+        np.savez(path, **reference_vit.make_checkpoint(np.random.default_rng(0)))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(checkpoints.CheckpointError, match="not a readable .npz checkpoint"):
+        keras_vit.ViT(image_size=32, weights=str(path), **TINY)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(checkpoints.CheckpointError, match="not found"):
+        keras_vit.ViT(image_size=32, weights=str(tmp_path / "nope.npz"), **TINY)
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    path = str(tmp_path / "pickled.npz")
+    np.savez(path, cls=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(checkpoints.CheckpointError, match="not a readable"):
+        keras_vit.load_pretrained(keras_vit.ViT(image_size=32, **TINY), path)
+
+
+def test_named_weights_resolve_to_the_original_bucket():
+    table = pretrained.available_weights()
+    assert table["imagenet21k"]["ViT_B16"].endswith("/vit_models/imagenet21k/ViT-B_16.npz")
+    assert table["imagenet21k+imagenet2012"]["R50_ViT_B16"].endswith(
+        "/imagenet21k+imagenet2012/R50+ViT-B_16.npz")
+    assert "augreg/Ti_16-i21k-300ep" in table["augreg-imagenet21k"]["ViT_Ti16"]
+    with pytest.raises(ValueError, match="were not published for ViT_Ti16"):
+        pretrained.weights_url("ViT_Ti16", "imagenet21k")
+    with pytest.raises(ValueError, match="unknown weights 'imagenet'"):
+        keras_vit.ViT_Ti16(weights="imagenet")
+
+
+def test_named_weights_download_once_through_keras_cache(tmp_path, monkeypatch):
+    """The builder asks keras.utils.get_file for the URL; the file it returns is loaded."""
+    params = reference_vit.make_checkpoint(np.random.default_rng(8), dim=192, heads=3,
+                                           mlp=16, layers=1, patch=16, grid=(2, 2))
+    local = _save(tmp_path, params, "ViT-Ti_16.npz")
+    calls = []
+
+    def fake_get_file(fname, origin, cache_subdir):
+        calls.append((fname, origin, cache_subdir))
+        return local
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    with pytest.raises(keras_vit.CheckpointMismatchError):  # 12-layer model, 1-layer file
+        keras_vit.ViT_Ti16(image_size=32, num_classes=5, weights="augreg-imagenet21k")
+    fname, origin, subdir = calls[0]
+    assert origin == pretrained.available_weights()["augreg-imagenet21k"]["ViT_Ti16"]
+    assert fname.endswith(".npz") and subdir.startswith("keras_vit")
+
+
+def test_convert_cli_writes_a_loadable_keras_file(tmp_path, capsys):
+    params = reference_vit.make_checkpoint(np.random.default_rng(9), dim=192, heads=3, mlp=768,
+                                           layers=12, patch=16, grid=(2, 2), num_classes=4)
+    src = _save(tmp_path, params)
+    out = str(tmp_path / "ti.keras")
+    assert convert_main([src, "--model", "ViT_Ti16", "--image-size", "48", "--output", out]) == 0
+    assert "4 classes" in capsys.readouterr().out
+    model = keras.saving.load_model(out)
+    x = random_images(1, 48, 48)
+    want = reference_vit.forward(params, x, heads=3)
+    assert _rel_err(model(x).numpy(), want) < 2e-5
+    assert convert_main([src, "--model", "ViT_Ti16", "--output", str(tmp_path / "x.pt")]) == 2
+    assert os.path.exists(out)

@@ -1,0 +1,136 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_vit.layers import (ImageValidation, PatchEncoder, Patches, ResNetUnit, StdConv2D,
+                              TokenPooling, TransformerBlock)
+
+
+def test_patches_is_a_linear_map_of_row_major_patches():
+    layer = Patches(patch_size=4, hidden_size=6)
+    images = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype(np.float32)
+    out = layer(images).numpy()
+    assert out.shape == (2, 2, 3, 6)
+    assert layer.kernel.shape == (4, 4, 3, 6)  # the original's HWIO layout
+    kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+    # Patch (row 1, column 2) by hand.
+    patch = images[:, 4:8, 8:12, :]
+    np.testing.assert_allclose(out[:, 1, 2], np.einsum("bhwc,hwcd->bd", patch, kernel) + bias,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_patch_encoder_weights_and_initialisation():
+    layer = PatchEncoder(grid_size=(2, 3), hidden_size=8)
+    out = layer(np.zeros((5, 2, 3, 8), np.float32))
+    assert out.shape == (5, 7, 8)
+    assert layer.pos_embedding.shape == (1, 7, 8)
+    np.testing.assert_array_equal(layer.cls.numpy(), 0.0)  # zero class token
+    std = np.std(PatchEncoder((16, 16), 64)(np.zeros((1, 16, 16, 64))).numpy())
+    assert 0.015 < std < 0.025  # normal(stddev=0.02)
+
+
+def test_patch_encoder_interpolates_for_other_grids():
+    layer = PatchEncoder(grid_size=(2, 2), hidden_size=4, num_prefix_tokens=0)
+    layer.build((None, 2, 2, 4))
+    layer.pos_embedding.assign(np.arange(16, dtype=np.float32).reshape(1, 4, 4))
+    out = layer(np.zeros((1, 3, 3, 4), np.float32)).numpy()
+    grid = out.reshape(3, 3, 4)
+    # Aligned corners: corners kept, centre is the mean of the four.
+    np.testing.assert_allclose(grid[0, 0], [0, 1, 2, 3])
+    np.testing.assert_allclose(grid[2, 2], [12, 13, 14, 15])
+    np.testing.assert_allclose(grid[1, 1], [6, 7, 8, 9])
+
+
+def _block_reference(x, block):
+    """Independent float64 pre-LN block (separate q/k/v, exact tanh GELU formula)."""
+    w = {v.name: v.numpy().astype(np.float64) for v in block.weights}
+    d, h = x.shape[-1], block.num_heads
+
+    def ln(t, g, b):
+        mu = t.mean(-1, keepdims=True)
+        return (t - mu) / np.sqrt(((t - mu) ** 2).mean(-1, keepdims=True) + 1e-6) * g + b
+
+    y = ln(x, w["ln1_gamma"], w["ln1_beta"])
+    q, k, v = np.split(y @ w["qkv_kernel"] + w["qkv_bias"], 3, axis=-1)
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], h, d // h).transpose(0, 2, 1, 3)
+    q, k, v = split(q) / np.sqrt(d // h), split(k), split(v)
+    logits = q @ k.transpose(0, 1, 3, 2)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    o = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+    x = x + o @ w["out_kernel"] + w["out_bias"]
+    y = ln(x, w["ln2_gamma"], w["ln2_beta"]) @ w["mlp1_kernel"] + w["mlp1_bias"]
+    y = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y ** 3)))
+    return x + y @ w["mlp2_kernel"] + w["mlp2_bias"]
+
+
+def test_transformer_block_matches_reference():
+    block = TransformerBlock(num_heads=4, mlp_size=32)
+    x = np.random.default_rng(1).normal(size=(2, 5, 16)).astype(np.float32)
+    block(x)
+    rng = np.random.default_rng(2)
+    for v in block.weights:
+        v.assign(rng.normal(0, 0.3, v.shape).astype(np.float32))
+    np.testing.assert_allclose(block(x).numpy(), _block_reference(x.astype(np.float64), block),
+                               rtol=1e-4, atol=1e-4)
+    assert block.qkv_kernel.shape == (16, 48)
+
+
+def test_transformer_block_dropout_and_drop_path_only_in_training():
+    block = TransformerBlock(num_heads=2, mlp_size=16, dropout_rate=0.5, drop_path_rate=0.5)
+    x = np.random.default_rng(0).normal(size=(8, 3, 8)).astype(np.float32)
+    np.testing.assert_array_equal(block(x).numpy(), block(x, training=False).numpy())
+    assert not np.allclose(block(x, training=True).numpy(), block(x).numpy())
+
+
+def test_transformer_block_rejects_bad_width():
+    with pytest.raises(ValueError, match="divisible by num_heads=3"):
+        TransformerBlock(num_heads=3, mlp_size=8)(np.zeros((1, 2, 8), np.float32))
+
+
+def test_std_conv_standardises_the_kernel():
+    conv = StdConv2D(4, 3, padding="same", use_bias=False)
+    x = np.random.default_rng(0).normal(size=(1, 5, 5, 2)).astype(np.float32)
+    conv(x)
+    conv.kernel.assign(conv.kernel * 7.0 + 3.0)  # affine change of the raw kernel
+    out1 = conv(x).numpy()
+    conv.kernel.assign((conv.kernel - 3.0) / 7.0)
+    np.testing.assert_allclose(out1, conv(x).numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_resnet_unit_shapes():
+    unit = ResNetUnit(32, strides=2, use_projection=True)
+    assert unit(np.zeros((1, 8, 8, 64), np.float32)).shape == (1, 4, 4, 128)
+    assert unit.gn3.gamma.numpy().sum() == 0  # zero-init last GroupNorm scale
+
+
+def test_token_pooling():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(TokenPooling("token")(x), x[:, 0])
+    np.testing.assert_allclose(TokenPooling("gap")(x), x.mean(1))
+    with pytest.raises(ValueError, match="classifier must be one of"):
+        TokenPooling("max")
+
+
+def test_image_validation_messages():
+    layer = ImageValidation(16)
+    with pytest.raises(ValueError, match=r"expected 3 channels.*received shape \(1, 32, 32, 4\)"):
+        layer(np.zeros((1, 32, 32, 4), np.float32))
+    with pytest.raises(ValueError, match="not a positive multiple of 16"):
+        layer(np.zeros((1, 32, 40, 3), np.float32))
+    fn = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 3))])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 16"):
+        fn(tf.zeros((1, 20, 32, 3)))
+
+
+@pytest.mark.parametrize("layer", [
+    Patches(4, 8), PatchEncoder((2, 3), 8, num_prefix_tokens=0, dropout_rate=0.1),
+    TransformerBlock(2, 16, 0.1, 0.2, 0.3), TokenPooling("gap"), ImageValidation(8, 1),
+    ResNetUnit(8, 2, True), StdConv2D(4, 3),
+])
+def test_layer_config_round_trip(layer):
+    config = keras.saving.serialize_keras_object(layer)
+    clone = keras.saving.deserialize_keras_object(config)
+    assert type(clone) is type(layer)
+    assert clone.get_config() == layer.get_config()
