@@ -20,6 +20,7 @@ setup(
         "scikit-learn",        # the built-in offline dataset (handwritten digits)
         "tensorflow-datasets",
         "pillow",
+        "tensorboard",         # tf.summary (TensorBoard logs of training runs)
     ],
     extras_require={
         # Protos for the TF Serving warm-up file and the gRPC client.

@@ -1,0 +1,152 @@
+"""Writing a TF Serving model version atomically, and the ``models.config`` beside it."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+
+import keras_vit
+from export.signatures import SIGNATURES, make_serving_functions
+from keras_vit.position_embeddings import to_pair
+
+logger = logging.getLogger("keras_vit.export")
+
+
+class ExportError(RuntimeError):
+    """The export could not be written; nothing was left behind."""
+
+
+def model_at_resolution(model: keras.Model, image_size) -> keras.Model:
+    """A copy of a keras_vit model built for ``image_size``, its position embeddings resized
+    with the original (aligned-corners) semantics, as when fine-tuning at a new resolution."""
+    size = to_pair(image_size, "image_size")
+    if size == keras_vit.model_image_size(model):
+        return model
+    stride = model.get_layer("image_validation").multiple_of
+    if size[0] % stride or size[1] % stride:
+        raise ValueError(f"image_size {size} is not a multiple of {stride} (the patch size)")
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["config"].get("name") == "posembed_input":
+            layer["config"]["grid_size"] = [size[0] // stride, size[1] // stride]
+    clone = keras.Model.from_config(config)
+    old = model.get_layer("posembed_input")
+    for src, dst in zip(model.weights, clone.weights):
+        value = src.numpy()
+        if src is old.pos_embedding:
+            value = keras_vit.resize_position_embeddings(
+                value, clone.get_layer("posembed_input").grid_size, old.num_prefix_tokens,
+                old_grid=old.grid_size)
+        dst.assign(value)
+    return clone
+
+
+def next_version(model_dir: str) -> int:
+    versions = [int(d) for d in os.listdir(model_dir) if d.isdigit()] \
+        if os.path.isdir(model_dir) else []
+    return max(versions, default=0) + 1
+
+
+def update_models_config(base_dir: str, name: str) -> str:
+    """Adds ``name`` to ``<base>/models.config`` (text-format model_config_list)."""
+    path = os.path.join(base_dir, "models.config")
+    entries = {}
+    if os.path.exists(path):
+        text = open(path).read()
+        for found, base in re.findall(r'name:\s*"([^"]+)"\s*base_path:\s*"([^"]+)"', text):
+            entries[found] = base
+    entries[name] = os.path.abspath(os.path.join(base_dir, name))
+    body = "".join(f'  config {{\n    name: "{n}"\n    base_path: "{b}"\n'
+                   f'    model_platform: "tensorflow"\n  }}\n' for n, b in sorted(entries.items()))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("model_config_list {\n" + body + "}\n")
+    os.replace(tmp, path)
+    return path
+
+
+def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
+                       version: Optional[int] = None, image_size=None,
+                       labels: Optional[Sequence[str]] = None, top_k: int = 5,
+                       overwrite: bool = False, warmup: bool = True) -> str:
+    """Writes ``<base_dir>/<name>/<version>/`` for TF Serving and returns its path.
+
+    Signatures ``serving_default`` (``image_bytes``: JPEG/PNG/BMP/GIF strings) and
+    ``serving_images`` (``images``: float pixels in [0, 255], any size), both returning
+    ``probabilities``, ``scores`` / ``classes`` (top ``top_k``) and ``labels`` when class
+    names are given. ``image_size`` exports at another resolution (position embeddings
+    resized). The version is written to a temporary directory and renamed into place, so
+    a polling server never sees half of it; an existing version is kept unless ``overwrite``.
+    """
+    num_classes = model.output_shape[-1]
+    if labels is not None and len(labels) != num_classes:
+        raise ValueError(f"{len(labels)} labels given for a model with {num_classes} classes")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if image_size is not None:
+        model = model_at_resolution(model, image_size)
+    size = keras_vit.model_image_size(model)
+    model_dir = os.path.join(base_dir, name)
+    os.makedirs(model_dir, exist_ok=True)
+    version = next_version(model_dir) if version is None else int(version)
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise ExportError(f"version {final} already exists; pass overwrite=True (--overwrite) "
+                          "or another version")
+
+    serve_bytes, serve_images = make_serving_functions(model, size, labels, top_k)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_bytes,
+                         input_signature=[SIGNATURES["serving_default"]])
+    archive.add_endpoint("serving_images", serve_images,
+                         input_signature=[SIGNATURES["serving_images"]])
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    try:
+        archive.write_out(tmp, verbose=False)
+        if warmup:
+            try:
+                from export.warmup import write_warmup
+                write_warmup(tmp, name)
+            except ImportError:
+                logger.warning("tensorflow-serving-api is not installed: no warm-up file "
+                               "written (pip install 'keras-vit[serving]')")
+        for root, dirs, files in os.walk(tmp):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o755)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644)
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700: a server running as another user
+        if os.path.exists(final):  # overwrite=True
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, (ExportError, KeyboardInterrupt)):
+            raise
+        raise ExportError(f"export to {final} failed, nothing was written: "
+                          f"{type(error).__name__}: {error}") from error
+    update_models_config(base_dir, name)
+    return final
+
+
+def read_labels(path: str) -> list:
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def keras_probabilities(model, image_bytes: Sequence[bytes]) -> np.ndarray:
+    """The in-memory model's probabilities for encoded images, through the same
+    preprocessing as the export (for comparisons)."""
+    import tensorflow as tf
+    size = keras_vit.model_image_size(model)
+    images = tf.stack([keras_vit.preprocess_image(tf.constant(b), size) for b in image_bytes])
+    return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)).numpy()

@@ -1,0 +1,186 @@
+"""The ``keras-vit`` command: ``train`` (the main job), ``evaluate``, ``export``, ``predict``,
+``convert``. ``python -m training`` runs ``train``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _train_parser(parser):
+    from training.distribute import STRATEGIES
+    from training.recipes import RECIPES
+    from training.trainer import PRECISIONS
+
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="demo",
+                        help="demo (default: tiny ViT on digits), finetune or pretrain")
+    parser.add_argument("--model", help="ViT_B16, R50_ViT_B16, ... or 'tiny'")
+    parser.add_argument("--weights", help="pretrained weights: .npz, .keras, .weights.h5 or "
+                                          "a published name (imagenet21k, ...)")
+    parser.add_argument("--dataset", help="digits, tfds:NAME or folder:PATH")
+    parser.add_argument("--data-dir", help="TFDS data directory")
+    parser.add_argument("--train-split")
+    parser.add_argument("--test-split")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="global batch size")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--warmup-steps", type=int)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    parser.add_argument("--tpu", default="", help="TPU name or address (--strategy tpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the step")
+    parser.add_argument("--output", help="run directory (default: runs/<recipe>-<time>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output from its last checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-export", action="store_true", help="skip the TF Serving export")
+
+
+def run_train(args) -> int:
+    from training.distribute import make_strategy
+    from training.recipes import RECIPES
+    from training.trainer import RunConfig, train
+
+    strategy = make_strategy(args.strategy, args.tpu)  # first, as tf.distribute requires
+    if args.resume:
+        if not args.output:
+            raise ValueError("--resume needs --output RUN_DIR")
+        path = os.path.join(args.output, "config.json")
+        if not os.path.exists(path):
+            raise ValueError(f"--resume: {path} not found")
+        config = RunConfig.from_json(open(path).read())
+        config.output = args.output
+    else:
+        recipe = RECIPES[args.recipe].replace(
+            model=args.model, dataset=args.dataset, image_size=args.image_size,
+            batch_size=args.batch_size, steps=args.steps, learning_rate=args.learning_rate,
+            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay)
+        if args.epochs is not None:
+            recipe = recipe.replace(epochs=args.epochs)
+            if args.steps is None:
+                import dataclasses
+                recipe = dataclasses.replace(recipe, steps=None)
+        for name in ("batch_size", "image_size"):
+            if getattr(recipe, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        output = args.output or os.path.join(
+            "runs", f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        config = RunConfig(recipe=recipe, output=output, strategy=args.strategy,
+                           precision=args.precision, jit_compile=args.jit_compile,
+                           weights=args.weights, data_dir=args.data_dir,
+                           train_split=args.train_split, test_split=args.test_split,
+                           checkpoint_every=args.checkpoint_every, seed=args.seed,
+                           export=not args.no_export)
+    result = train(config, strategy, resume=args.resume)
+    metrics = result["metrics"]
+    if "export" in metrics:
+        _check_export(metrics["export"], result["model"], config)
+    return 0
+
+
+def _check_export(version_dir, model, config):
+    """Verify the export as TF Serving loads it, then classify a few test images with it."""
+    import tensorflow as tf
+
+    from export.client import predict_saved_model
+    from export.verify import format_report, verify_export
+    from training.data import load_source
+
+    report = verify_export(version_dir, model=model)
+    print(format_report(version_dir, report))
+    source = load_source(config.recipe.dataset, config.data_dir, config.train_split,
+                         config.test_split)
+    images, truth = [], []
+    for image, label in source.test.take(4):
+        if image.dtype != tf.string:
+            image = tf.io.encode_png(tf.cast(image, tf.uint8))
+        images.append(image.numpy())
+        truth.append(source.labels[int(label)])
+    rows = predict_saved_model(version_dir, images)
+    for i, (row, want) in enumerate(zip(rows, truth)):
+        names = row.get("labels") or [str(c) for c in row["classes"]]
+        print(f"  served prediction for test image {i}: {names[0]} ({row['scores'][0]:.3f}), "
+              f"true label {want}")
+    if not report["ok"]:
+        from training.trainer import TrainingError
+        raise TrainingError(f"the export {version_dir} failed verification (see above)")
+
+
+def run_evaluate(args) -> int:
+    import keras
+
+    import keras_vit
+    from training.data import load_source, make_pipeline
+    from training.trainer import evaluate
+
+    recipe_data = {}
+    model_path = args.model
+    if os.path.isdir(args.model):
+        model_path = os.path.join(args.model, "model.keras")
+        config_path = os.path.join(args.model, "config.json")
+        if os.path.exists(config_path):
+            recipe_data = json.load(open(config_path))["recipe"]
+    if not os.path.exists(model_path):
+        raise ValueError(f"model not found: {model_path}")
+    dataset = args.dataset or recipe_data.get("dataset")
+    if not dataset:
+        raise ValueError("--dataset is needed when evaluating a bare model file")
+    model = keras.saving.load_model(model_path)
+    source = load_source(dataset, args.data_dir, test_split=args.test_split)
+    size = keras_vit.model_image_size(model)
+    results = evaluate(model, make_pipeline(source.test, size, args.batch_size, training=False))
+    print(f"{source.name}: top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}  "
+          f"loss {results['loss']:.4f}  ({results['num_examples']} examples)")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="keras-vit", description="Vision Transformer for "
+                                     "Keras 3: train, evaluate, export, predict, convert.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub.add_parser("train", help="train or fine-tune (the main job)"))
+    evaluate = sub.add_parser("evaluate", help="top-1 / top-5 of a run or model")
+    evaluate.add_argument("model", help="run directory or .keras file")
+    evaluate.add_argument("--dataset")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--test-split")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    from export.cli import add_export_arguments, add_predict_arguments
+    add_export_arguments(sub.add_parser("export", help="write / verify a TF Serving model"))
+    add_predict_arguments(sub.add_parser("predict", help="classify images with an export"))
+    from keras_vit.convert import add_arguments
+    add_arguments(sub.add_parser("convert", help="original .npz -> .keras / .weights.h5"))
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("export", "predict"):
+        from export.cli import dispatch
+        return dispatch(args.command, args, "keras-vit")
+    from keras_vit.checkpoints import CheckpointError
+    from training.trainer import TrainingError
+    try:
+        if args.command == "train":
+            return run_train(args)
+        if args.command == "evaluate":
+            return run_evaluate(args)
+        from keras_vit.convert import run
+        run(args)
+        return 0
+    except (ValueError, OSError, TrainingError, CheckpointError) as error:
+        print(f"keras-vit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
