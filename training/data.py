@@ -67,26 +67,31 @@ def load_tfds(name: str, data_dir: Optional[str] = None, train_split: Optional[s
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as error:  # tfds raises several types for unknown names
         raise DataError(f"unknown TFDS dataset {name!r}: {error}") from None
-    if download:
-        builder.download_and_prepare()
     splits = builder.info.splits
     train_split = train_split or "train[:98%]"
     if test_split is None:
-        test_split = next((s for s in ("test", "validation") if s in splits), "train[98%:]")
+        test_split = next((s for s in ("test", "validation") if s in splits),
+                          "train[98%:]" if len(splits) else "test")
     label = builder.info.features["label"]
     image_key = next(k for k, f in builder.info.features.items()
                      if isinstance(f, tfds.features.Image))
+    train_ds, test_ds = tfds.load(name, split=[train_split, test_split], data_dir=data_dir,
+                                  download=download, shuffle_files=False)
 
-    def pairs(split):
-        ds = builder.as_dataset(split=split, shuffle_files=False)
+    def pairs(ds):
         return ds.map(lambda ex: (ex[image_key], tf.cast(ex["label"], tf.int64)),
                       num_parallel_calls=tf.data.AUTOTUNE)
 
+    def count(ds, split):
+        try:
+            return int(splits[split].num_examples)
+        except (KeyError, ValueError):
+            return int(ds.reduce(0, lambda n, _: n + 1))
+
     return DataSource(
-        name=f"tfds:{name}", train=pairs(train_split), test=pairs(test_split),
+        name=f"tfds:{name}", train=pairs(train_ds), test=pairs(test_ds),
         num_classes=label.num_classes, labels=list(label.names),
-        num_train=int(splits[train_split].num_examples),
-        num_test=int(splits[test_split].num_examples))
+        num_train=count(train_ds, train_split), num_test=count(test_ds, test_split))
 
 
 def load_folder(path: str, test_fraction: float = 0.2) -> DataSource:
