@@ -18,9 +18,11 @@ def decode_image(image_bytes: tf.Tensor, channels: int = 3) -> tf.Tensor:
 
     Empty or corrupt bytes fail with ``InvalidArgumentError`` naming the problem.
     """
-    tf.debugging.assert_greater(tf.strings.length(image_bytes), 0,
-                                message="empty image: the request carried no image bytes")
-    return tf.io.decode_image(image_bytes, channels=channels, expand_animations=False)
+    check = tf.debugging.assert_greater(
+        tf.strings.length(image_bytes), 0,
+        message="empty image: the request carried no image bytes")
+    with tf.control_dependencies([check]):
+        return tf.io.decode_image(image_bytes, channels=channels, expand_animations=False)
 
 
 def preprocess_image(image: tf.Tensor, image_size, channels: int = 3) -> tf.Tensor:

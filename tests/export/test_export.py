@@ -1,0 +1,294 @@
+"""TF Serving export: layout, atomicity, signatures, agreement, errors, verification, clients."""
+import base64
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_vit
+from export import ExportError, export_saved_model, model_at_resolution, verify_export
+from export import client
+from export.saved_model import keras_probabilities
+from export.warmup import sample_image
+from tests.conftest import TINY, perturb
+
+LABELS = ["ant", "bee", "cat", "dog", "eel"]
+
+
+@pytest.fixture
+def model():
+    return perturb(keras_vit.ViT(image_size=32, num_classes=5, name="tiny", **TINY), scale=0.1)
+
+
+@pytest.fixture
+def exported(model, tmp_path):
+    return export_saved_model(model, str(tmp_path / "models"), name="tiny", labels=LABELS,
+                              top_k=3)
+
+
+def _jpeg(h, w, seed):
+    return tf.io.encode_jpeg(sample_image(h, w, seed)).numpy()
+
+
+def _png(h, w, seed):
+    return tf.io.encode_png(sample_image(h, w, seed)).numpy()
+
+
+def test_layout_versions_and_models_config(model, tmp_path, exported):
+    base = str(tmp_path / "models")
+    assert exported == os.path.join(base, "tiny", "1")
+    for item in ("saved_model.pb", "variables", "assets.extra/tf_serving_warmup_requests"):
+        assert os.path.exists(os.path.join(exported, item))
+    assert oct(os.stat(exported).st_mode & 0o777) == "0o755"
+    second = export_saved_model(model, base, name="tiny")
+    assert second.endswith(os.path.join("tiny", "2"))
+    export_saved_model(model, base, name="other")
+    config = open(os.path.join(base, "models.config")).read()
+    assert config.count("config {") == 2 and 'name: "tiny"' in config and 'name: "other"' in config
+    with pytest.raises(ExportError, match="already exists"):
+        export_saved_model(model, base, name="tiny", version=1)
+    assert export_saved_model(model, base, name="tiny", version=1, overwrite=True) == exported
+
+
+def test_failed_export_leaves_nothing(model, tmp_path, monkeypatch):
+    import export.warmup
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export.warmup, "write_warmup", broken)
+    base = tmp_path / "models"
+    with pytest.raises(ExportError, match="nothing was written: RuntimeError: disk full"):
+        export_saved_model(model, str(base), name="tiny")
+    assert os.listdir(base / "tiny") == []  # no version, no temporary directory
+
+
+def test_signatures_and_agreement_with_keras(model, exported):
+    loaded = tf.saved_model.load(exported)
+    assert set(loaded.signatures) == {"serving_default", "serving_images"}
+    images = [_jpeg(32, 32, 1), _png(50, 70, 2), _jpeg(20, 90, 3)]
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+    assert set(out) == {"probabilities", "scores", "classes", "labels"}
+    assert out["probabilities"].dtype == tf.float32 and out["classes"].dtype == tf.int32
+    assert out["scores"].shape == (3, 3) and out["labels"].dtype == tf.string
+    want = keras_probabilities(model, images)
+    np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-6)
+    assert not np.allclose(want, want[0])  # outputs depend on the image
+    top = np.argsort(-want, axis=1)[:, :3]
+    np.testing.assert_array_equal(out["classes"].numpy(), top)
+    assert [lab.decode() for lab in out["labels"].numpy()[0]] == [LABELS[i] for i in top[0]]
+    # Float pixels of any size: the same preprocessing.
+    pixels = tf.io.decode_png(images[1])[None]
+    out2 = loaded.signatures["serving_images"](images=tf.cast(pixels, tf.float32))
+    np.testing.assert_allclose(out2["probabilities"].numpy()[0], want[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("payload,match", [(b"", "empty image"),
+                                           (b"\xff\xd8garbage", "Unknown image file format"
+                                            "|Invalid JPEG|corrupt|Error")])
+def test_corrupt_or_empty_bytes_fail_with_invalid_argument(exported, payload, match):
+    loaded = tf.saved_model.load(exported)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([payload]))
+
+
+def test_mixed_precision_export_outputs_float32(tmp_path):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    m = perturb(keras_vit.ViT(image_size=32, num_classes=5, **TINY), scale=0.1)
+    path = export_saved_model(m, str(tmp_path / "m"), name="mixed")
+    out = tf.saved_model.load(path).signatures["serving_default"](
+        image_bytes=tf.constant([_jpeg(32, 32, 0)]))
+    assert out["probabilities"].dtype == tf.float32
+
+
+def test_export_at_new_resolution(model, tmp_path):
+    path = export_saved_model(model, str(tmp_path / "m"), name="hires", image_size=48)
+    big = model_at_resolution(model, 48)
+    assert big.get_layer("posembed_input").grid_size == (6, 6)
+    image = _png(48, 48, 5)
+    out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant([image]))
+    np.testing.assert_allclose(out["probabilities"].numpy(), keras_probabilities(big, [image]),
+                               atol=1e-6)
+    # The same as the original model interpolating at run time on 48-px input.
+    pixels = tf.cast(tf.io.decode_png(image)[None], tf.float32)
+    runtime = tf.nn.softmax(model(pixels)).numpy()
+    np.testing.assert_allclose(out["probabilities"].numpy(), runtime, atol=1e-5)
+
+
+def test_verify_passes_on_a_good_export(model, exported):
+    report = verify_export(exported, model=model)
+    assert report["ok"], report["failures"]
+    assert report["warmup_records"] == 2
+    assert report["max_abs_diff"] < 1e-5
+    assert report["signatures"]["serving_default"]["inputs"]["image_bytes"] == \
+        {"dtype": "string", "shape": [-1]}
+
+
+def _bad_export(tmp_path, name, fn, signature="serving_default", spec=None):
+    module = tf.Module()
+    module.fn = tf.function(fn, input_signature=[spec or tf.TensorSpec([None], tf.string,
+                                                                       name="image_bytes")])
+    path = str(tmp_path / name)
+    tf.saved_model.save(module, path, signatures={signature: module.fn})
+    return path
+
+
+def _outputs(n):
+    probs = tf.ones([n, 5]) / 5
+    return {"probabilities": probs, "scores": probs[:, :3],
+            "classes": tf.zeros([n, 3], tf.int32)}
+
+
+def test_verify_fails_on_py_function(tmp_path):
+    def fn(image_bytes):
+        n = tf.py_function(lambda b: b.shape[0], [image_bytes], tf.int32)
+        return _outputs(tf.reshape(n, []))
+    report = verify_export(_bad_export(tmp_path, "py", fn))
+    assert not report["ok"]
+    assert any("py_function" in f for f in report["failures"])
+    assert any("missing signature 'serving_images'" in f for f in report["failures"])
+
+
+def test_verify_fails_on_jit_compile(tmp_path):
+    inner = tf.function(lambda x: x * 2.0, jit_compile=True)
+
+    def fn(image_bytes):
+        out = _outputs(tf.shape(image_bytes)[0])
+        out["probabilities"] = inner(out["probabilities"])
+        return out
+    report = verify_export(_bad_export(tmp_path, "xla", fn))
+    assert any("jit_compile" in f for f in report["failures"]), report["failures"]
+
+
+def test_verify_fails_on_broken_warmup(model, exported):
+    path = os.path.join(exported, "assets.extra", "tf_serving_warmup_requests")
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(b"this is not a PredictionLog")
+    report = verify_export(exported, model=model)
+    assert not report["ok"]
+    assert any(f.startswith("warm-up record 1") for f in report["failures"]), report["failures"]
+
+
+class _SessionServer:
+    """A tiny TF-Serving-like REST endpoint that runs the export through the session
+    loader (the path TF Serving uses), for testing the clients against real outputs."""
+
+    def __init__(self, version_dir):
+        self.graph = tf.Graph()
+        self.sess = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            self.meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], version_dir)
+        self.lock = threading.Lock()
+
+    def predict(self, signature, images):
+        sig = self.meta.signature_def[signature]
+        names = sorted(sig.outputs)
+        with self.lock:
+            values = self.sess.run([sig.outputs[n].name for n in names],
+                                   {sig.inputs["image_bytes"].name: images})
+        return dict(zip(names, values))
+
+
+def _rest_server(session_server):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            images = [base64.b64decode(i["b64"]) for i in body["instances"]]
+            try:
+                out = session_server.predict(body.get("signature_name", "serving_default"),
+                                             images)
+            except tf.errors.InvalidArgumentError as error:
+                data, code = json.dumps({"error": error.message}).encode(), 400
+            else:
+                rows = [{k: (v[i].tolist() if v.dtype.kind != "O" else
+                             [s.decode() for s in v[i]]) for k, v in out.items()}
+                        for i in range(len(images))]
+                data, code = json.dumps({"predictions": rows}).encode(), 200
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_rest_client_against_session_loader_server(model, exported):
+    server = _rest_server(_SessionServer(exported))
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        images = [_jpeg(32, 32, 7), _png(40, 24, 8)]
+        rows = client.predict_rest(url, images, model="tiny")
+        want = keras_probabilities(model, images)
+        for row, probs in zip(rows, want):
+            assert row["classes"] == list(np.argsort(-probs)[:3])
+            assert row["labels"][0] == LABELS[int(np.argmax(probs))]
+            assert row["scores"][0] == pytest.approx(float(probs.max()), abs=1e-6)
+        with pytest.raises(client.ServingError, match="(?s)server error 400.*empty image"):
+            client.predict_rest(url, [b""], model="tiny")
+    finally:
+        server.shutdown()
+    with pytest.raises(client.ServingError, match="cannot reach"):
+        client.predict_rest(url, [b"x"], model="tiny", timeout=2)
+
+
+def test_grpc_client_against_session_loader_server(model, exported):
+    import grpc
+    from concurrent import futures
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    session_server = _SessionServer(exported)
+
+    class Service(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            images = list(tf.make_ndarray(request.inputs["image_bytes"]))
+            try:
+                out = session_server.predict(request.model_spec.signature_name, images)
+            except tf.errors.InvalidArgumentError as error:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
+            response = predict_pb2.PredictResponse()
+            for key, value in out.items():
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        images = [_jpeg(32, 32, 9)]
+        rows = client.predict_grpc(f"127.0.0.1:{port}", images, model="tiny")
+        probs = keras_probabilities(model, images)[0]
+        assert rows[0]["classes"] == list(np.argsort(-probs)[:3])
+        assert rows[0]["labels"][0] == LABELS[int(np.argmax(probs))]
+        with pytest.raises(client.ServingError, match="(?s)INVALID_ARGUMENT.*empty image"):
+            client.predict_grpc(f"127.0.0.1:{port}", [b""], model="tiny")
+    finally:
+        server.stop(0)
+
+
+def test_export_and_predict_cli(model, tmp_path, capsys):
+    from training.cli import main
+    model_path = str(tmp_path / "m.keras")
+    model.save(model_path)
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS))
+    base = str(tmp_path / "models")
+    assert main(["export", model_path, "--output", base, "--name", "cli",
+                 "--labels", str(tmp_path / "labels.txt")]) == 0
+    version = os.path.join(base, "cli", "1")
+    assert main(["export", model_path, "--verify", version]) == 0
+    assert "verify" in capsys.readouterr().out
+    image = tmp_path / "x.jpg"
+    image.write_bytes(_jpeg(32, 32, 4))
+    assert main(["predict", str(image), "--model-dir", version]) == 0
+    assert str(image) in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "missing.keras")]) == 2
