@@ -56,6 +56,7 @@ def verify_export(version_dir: str, model=None, image_files=None, atol: float = 
                   timeout: int = 600) -> dict:
     """Returns ``{"ok": bool, "failures": [...], "max_abs_diff": float|None, ...}``."""
     failures = []
+    version_dir = os.path.abspath(version_dir)  # the check runs in another directory
     if not os.path.exists(os.path.join(version_dir, "saved_model.pb")):
         return {"ok": False, "failures": [f"no saved_model.pb in {version_dir}"]}
     with tempfile.TemporaryDirectory() as tmp:
