@@ -109,12 +109,21 @@ def main(argv=None) -> int:
 
 
 def dispatch(command, args, prog) -> int:
+    import tensorflow as tf
+
     from export.client import ServingError
     from export.saved_model import ExportError
     try:
         return run_export(args) if command == "export" else run_predict(args)
     except (ValueError, OSError, ExportError, ServingError) as error:
         print(f"{prog} {command}: error: {error}", file=sys.stderr)
+        return 2
+    except tf.errors.InvalidArgumentError as error:  # e.g. a file that is not an image
+        detail = next((line.strip() for line in error.message.splitlines()
+                       if line.strip() and not line.strip().startswith(("[[", "Detected",
+                                                                        "<stack", "Graph"))),
+                      error.message)
+        print(f"{prog} {command}: error: invalid input: {detail}", file=sys.stderr)
         return 2
 
 

@@ -146,6 +146,7 @@ def train(config: RunConfig, strategy, resume: bool = False, source: DataSource 
         raise TrainingError(f"--resume: no checkpoint in {ckpt_dir}")
 
     keras.config.set_dtype_policy(config.precision)
+    keras.utils.set_random_seed(config.seed)  # same initial weights for the same --seed
     source = source or load_source(recipe.dataset, config.data_dir, config.train_split,
                                    config.test_split)
     steps_per_epoch = source.num_train // recipe.batch_size

@@ -293,3 +293,7 @@ def test_export_and_predict_cli(model, tmp_path, capsys):
     assert main(["predict", str(image), "--model-dir", version]) == 0
     assert str(image) in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing.keras")]) == 2
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    assert main(["predict", str(not_an_image), "--model-dir", version]) == 2
+    assert "error: invalid input" in capsys.readouterr().err
