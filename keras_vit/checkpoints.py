@@ -57,7 +57,7 @@ class Entry:
     keys: Sequence[str]
     variable: keras.Variable
     combine: Callable[[List[np.ndarray]], np.ndarray] = lambda arrays: arrays[0]
-    kind: str = "plain"  # "plain", "posemb", "head" or "pre_logits"
+    kind: str = "plain"  # "plain", "posemb" (resized to the grid) or "head" (may be reset)
 
 
 def _concat_qkv(arrays):
@@ -113,8 +113,9 @@ def checkpoint_entries(model: keras.Model) -> List[Entry]:
             entries += [Entry(["Transformer/encoder_norm/scale"], layer.gamma),
                         Entry(["Transformer/encoder_norm/bias"], layer.beta)]
         elif name in ("pre_logits", "head"):
-            entries += [Entry([f"{name}/kernel"], layer.kernel, kind=name),
-                        Entry([f"{name}/bias"], layer.bias, kind=name)]
+            kind = "head" if name == "head" else "plain"
+            entries += [Entry([f"{name}/kernel"], layer.kernel, kind=kind),
+                        Entry([f"{name}/bias"], layer.bias, kind=kind)]
         elif isinstance(layer, StdConv2D):  # conv_root
             entries.append(Entry([f"{name}/kernel"], layer.kernel))
         elif isinstance(layer, keras.layers.GroupNormalization):  # gn_root

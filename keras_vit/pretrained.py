@@ -68,9 +68,8 @@ def weights_url(variant: str, name: str) -> str:
         raise ValueError(f"unknown weights {name!r}: expected None, a file path (.npz, .keras, "
                          f".weights.h5) or one of {sorted(table)}")
     if variant not in table[name]:
-        have = sorted(v for v, urls in ((v, table[name]) for v in table[name]))
         raise ValueError(f"weights {name!r} were not published for {variant}; available for: "
-                         f"{', '.join(have)}")
+                         f"{', '.join(sorted(table[name]))}")
     return table[name][variant]
 
 

@@ -62,12 +62,7 @@ def run_train(args) -> int:
         recipe = RECIPES[args.recipe].replace(
             model=args.model, dataset=args.dataset, image_size=args.image_size,
             batch_size=args.batch_size, steps=args.steps, learning_rate=args.learning_rate,
-            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay)
-        if args.epochs is not None:
-            recipe = recipe.replace(epochs=args.epochs)
-            if args.steps is None:
-                import dataclasses
-                recipe = dataclasses.replace(recipe, steps=None)
+            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, epochs=args.epochs)
         for name in ("batch_size", "image_size"):
             if getattr(recipe, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -82,22 +77,19 @@ def run_train(args) -> int:
     result = train(config, strategy, resume=args.resume)
     metrics = result["metrics"]
     if "export" in metrics:
-        _check_export(metrics["export"], result["model"], config)
+        _check_export(metrics["export"], result["model"], result["source"])
     return 0
 
 
-def _check_export(version_dir, model, config):
+def _check_export(version_dir, model, source):
     """Verify the export as TF Serving loads it, then classify a few test images with it."""
     import tensorflow as tf
 
     from export.client import predict_saved_model
     from export.verify import format_report, verify_export
-    from training.data import load_source
 
     report = verify_export(version_dir, model=model)
     print(format_report(version_dir, report))
-    source = load_source(config.recipe.dataset, config.data_dir, config.train_split,
-                         config.test_split)
     images, truth = [], []
     for image, label in source.test.take(4):
         if image.dtype != tf.string:

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vit import preprocess_image
+from keras_vit.preprocessing import decode_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -159,7 +160,7 @@ def make_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, training:
     def prepare(image, label):
         if training and crop_area_min is not None:
             if image.dtype == tf.string:
-                image = tf.io.decode_image(image, channels=3, expand_animations=False)
+                image = decode_image(image)
             image = inception_crop(image, crop_area_min)
         image = preprocess_image(image, image_size)
         if training and flip:

@@ -33,7 +33,10 @@ class Recipe:
     flip: bool = True
 
     def replace(self, **overrides) -> "Recipe":
+        """A copy with the given fields changed; ``None`` means "keep the recipe's"."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "epochs" in overrides and "steps" not in overrides:
+            overrides["steps"] = None  # --epochs alone replaces a step-count recipe
         return dataclasses.replace(self, **overrides)
 
 

@@ -64,11 +64,7 @@ def build_model(recipe: Recipe, num_classes: int, weights: Optional[str] = None)
     common = dict(image_size=recipe.image_size, num_classes=num_classes,
                   dropout_rate=recipe.dropout_rate)
     if recipe.model == "tiny":
-        model = keras_vit.ViT(**TINY_MODEL, **common, name="vit_tiny")
-        if weights:
-            from keras_vit.weights import load_weights
-            load_weights(model, weights)
-        return model
+        return keras_vit.ViT(**TINY_MODEL, **common, weights=weights, name="vit_tiny")
     if recipe.model not in keras_vit.VARIANTS:
         raise ValueError(f"unknown model {recipe.model!r}: expected 'tiny' or one of "
                          f"{', '.join(sorted(keras_vit.VARIANTS))}")
@@ -98,14 +94,11 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def _accuracy_counts(labels, logits):
-    labels = tf.cast(labels, tf.int32)
-    top1 = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
-                                 tf.float32))
-    k = min(5, logits.shape[-1])
-    top5 = tf.reduce_sum(tf.cast(tf.nn.in_top_k(labels, tf.cast(logits, tf.float32), k),
-                                 tf.float32))
-    return top1, top5
+def _top_k_correct(labels, logits, k):
+    """How many of the labels are among the ``k`` highest logits."""
+    k = min(k, logits.shape[-1])
+    return tf.reduce_sum(tf.cast(tf.nn.in_top_k(tf.cast(labels, tf.int32),
+                                                tf.cast(logits, tf.float32), k), tf.float32))
 
 
 def evaluate(model, dataset) -> dict:
@@ -115,7 +108,7 @@ def evaluate(model, dataset) -> dict:
         logits = tf.cast(model(images, training=False), tf.float32)
         loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
             labels, logits, from_logits=True))
-        top1, top5 = _accuracy_counts(labels, logits)
+        top1, top5 = _top_k_correct(labels, logits, 1), _top_k_correct(labels, logits, 5)
         return loss, top1, top5, tf.cast(tf.shape(labels)[0], tf.float32)
 
     totals = np.zeros(4)
@@ -128,7 +121,19 @@ def evaluate(model, dataset) -> dict:
 
 def train(config: RunConfig, strategy, resume: bool = False, source: DataSource = None,
           verbose: bool = True) -> dict:
-    """Runs (or resumes) a training run; returns the metrics written to ``metrics.json``."""
+    """Runs (or resumes) a training run.
+
+    Returns ``{"metrics": ..., "model": ..., "source": ...}``; the metrics are those written
+    to ``metrics.json``. The global dtype policy is restored afterwards.
+    """
+    previous_policy = keras.config.dtype_policy()
+    try:
+        return _train(config, strategy, resume, source, verbose)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _train(config, strategy, resume, source, verbose):
     recipe = config.recipe
     if config.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {config.precision!r}: expected one of "
@@ -200,8 +205,7 @@ def train(config: RunConfig, strategy, resume: bool = False, source: DataSource 
             if replicas > 1:
                 grads = [g / replicas for g in grads]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        top1, _ = _accuracy_counts(labels, logits)
-        return loss, top1
+        return loss, _top_k_correct(labels, logits, 1)
 
     @tf.function(jit_compile=config.jit_compile or None)
     def replica_step(images, labels):
@@ -280,7 +284,7 @@ def train(config: RunConfig, strategy, resume: bool = False, source: DataSource 
     }
     if is_chief:
         _write_outputs(config, model, source, metrics, verbose)
-    return {"metrics": metrics, "model": model}
+    return {"metrics": metrics, "model": model, "source": source}
 
 
 def _write_outputs(config, model, source, metrics, verbose):
@@ -289,7 +293,6 @@ def _write_outputs(config, model, source, metrics, verbose):
     model.save(os.path.join(config.output, "model.keras"))
     if config.export:
         from export import export_saved_model
-        keras.config.set_dtype_policy("float32")
         metrics["export"] = export_saved_model(
             model, os.path.join(config.output, "export"), name=model.name,
             labels=source.labels)

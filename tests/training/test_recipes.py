@@ -33,3 +33,12 @@ def test_weight_decay_spares_biases_norms_and_embeddings():
     decayed = {v.name for v in model.trainable_variables if optimizer._use_weight_decay(v)}
     assert decayed == {"kernel", "qkv_kernel", "out_kernel", "mlp1_kernel", "mlp2_kernel"}
     assert isinstance(make_optimizer(RECIPES["finetune"], 100), keras.optimizers.SGD)
+
+
+def test_replace_keeps_unset_fields_and_epochs_override_steps():
+    ft = RECIPES["finetune"]
+    assert ft.replace(batch_size=None, learning_rate=0.01) == \
+        RECIPES["finetune"].replace(learning_rate=0.01)
+    by_epochs = ft.replace(epochs=3)
+    assert (by_epochs.epochs, by_epochs.steps) == (3, None)
+    assert ft.replace(epochs=3, steps=7).steps == 7
