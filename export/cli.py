@@ -16,6 +16,11 @@ def add_export_arguments(parser):
     parser.add_argument("--labels", default=None, help="labels file, one class name a line")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--frozen", action="store_true",
+                        help="fast CPU serving graph: weights as constants, LayerNorm and "
+                             "attention scale folded (see README, Performance)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="dtype the exported weights are stored and computed in")
     parser.add_argument("--verify", metavar="VERSION_DIR", default=None,
                         help="verify an exported version (with MODEL: compare outputs)")
 
@@ -74,7 +79,8 @@ def run_export(args) -> int:
         size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
     path = export_saved_model(model, args.output, name=args.name or model.name,
                               version=args.version, image_size=size, labels=labels,
-                              top_k=args.top_k, overwrite=args.overwrite)
+                              top_k=args.top_k, overwrite=args.overwrite,
+                              frozen=args.frozen, precision=args.precision)
     print(f"exported {path}")
     return 0
 

@@ -1,6 +1,7 @@
 """Writing a TF Serving model version atomically, and the ``models.config`` beside it."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -47,6 +48,25 @@ def model_at_resolution(model: keras.Model, image_size) -> keras.Model:
     return clone
 
 
+EXPORT_INFO = os.path.join("assets.extra", "keras_vit_export.json")
+
+
+def write_export_info(version_dir: str, info: dict) -> None:
+    """How the version was made (precision, frozen), read back by the verification."""
+    path = os.path.join(version_dir, EXPORT_INFO)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(info, f, indent=2)
+
+
+def read_export_info(version_dir: str) -> dict:
+    path = os.path.join(version_dir, EXPORT_INFO)
+    if not os.path.exists(path):
+        return {"precision": "float32", "frozen": False}
+    with open(path) as f:
+        return json.load(f)
+
+
 def next_version(model_dir: str) -> int:
     versions = [int(d) for d in os.listdir(model_dir) if d.isdigit()] \
         if os.path.isdir(model_dir) else []
@@ -74,7 +94,8 @@ def update_models_config(base_dir: str, name: str) -> str:
 def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
                        version: Optional[int] = None, image_size=None,
                        labels: Optional[Sequence[str]] = None, top_k: int = 5,
-                       overwrite: bool = False, warmup: bool = True) -> str:
+                       overwrite: bool = False, warmup: bool = True, frozen: bool = False,
+                       precision: str = "float32") -> str:
     """Writes ``<base_dir>/<name>/<version>/`` for TF Serving and returns its path.
 
     Signatures ``serving_default`` (``image_bytes``: JPEG/PNG/BMP/GIF strings) and
@@ -83,7 +104,15 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     names are given. ``image_size`` exports at another resolution (position embeddings
     resized). The version is written to a temporary directory and renamed into place, so
     a polling server never sees half of it; an existing version is kept unless ``overwrite``.
+
+    ``frozen=True`` writes the fast CPU serving graph (:mod:`export.frozen`): weights as
+    constants, LayerNorm and attention scale folded into the projections, stored in
+    ``precision`` (``"float32"`` or ``"bfloat16"``); same signatures, float32 outputs.
+    ``precision="bfloat16"`` without ``frozen`` keeps the weights as bfloat16 variables.
+    The default (variables, float32) is the model exactly as trained.
     """
+    from export.frozen import check_precision, frozen_logits_function
+    check_precision(precision)
     num_classes = model.output_shape[-1]
     if labels is not None and len(labels) != num_classes:
         raise ValueError(f"{len(labels)} labels given for a model with {num_classes} classes")
@@ -102,9 +131,17 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
         raise ExportError(f"version {final} already exists; pass overwrite=True (--overwrite) "
                           "or another version")
 
-    serve_bytes, serve_images = make_serving_functions(model, size, labels, top_k)
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    if frozen:
+        logits_fn = frozen_logits_function(model, size, precision)
+    else:
+        served = model if precision == "float32" else keras_vit.inference_model(model, precision)
+        archive.track(served)
+
+        def logits_fn(images):
+            return served(images, training=False)
+    serve_bytes, serve_images = make_serving_functions(logits_fn, num_classes, size, labels,
+                                                       top_k)
     archive.add_endpoint("serving_default", serve_bytes,
                          input_signature=[SIGNATURES["serving_default"]])
     archive.add_endpoint("serving_images", serve_images,
@@ -112,6 +149,8 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     try:
         archive.write_out(tmp, verbose=False)
+        write_export_info(tmp, {"precision": precision, "frozen": bool(frozen),
+                                "image_size": list(size), "num_classes": int(num_classes)})
         if warmup:
             try:
                 from export.warmup import write_warmup

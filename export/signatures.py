@@ -15,16 +15,20 @@ BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
 
 
-def make_serving_functions(model, image_size, labels: Optional[Sequence[str]], top_k: int):
-    """(serve_bytes, serve_images, serve_features-or-None) plain functions for ExportArchive."""
+def make_serving_functions(logits_fn, num_classes: int, image_size,
+                           labels: Optional[Sequence[str]], top_k: int):
+    """(serve_bytes, serve_images): plain functions for ExportArchive.
+
+    ``logits_fn`` maps a float32 batch (batch, height, width, 3) of [0, 255] pixels to
+    logits: the Keras model itself, or its frozen graph (:mod:`export.frozen`).
+    """
     height, width = image_size
-    num_classes = model.output_shape[-1]
     k = min(top_k, num_classes)
     label_table = tf.constant(list(labels)) if labels else None
     pixels = tf.TensorSpec((height, width, 3), tf.float32)
 
     def outputs(images):
-        logits = tf.cast(model(images, training=False), tf.float32)
+        logits = tf.cast(logits_fn(images), tf.float32)
         probabilities = tf.nn.softmax(logits, axis=-1)
         scores, classes = tf.math.top_k(probabilities, k=k)
         result = {"probabilities": probabilities, "scores": scores,

@@ -52,13 +52,26 @@ def sample_image_files(directory: str):
     return files
 
 
-def verify_export(version_dir: str, model=None, image_files=None, atol: float = 1e-4,
+# Largest |served - Keras| probability accepted, by the export's precision.
+TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
+
+
+def verify_export(version_dir: str, model=None, image_files=None, atol: Optional[float] = None,
                   timeout: int = 600) -> dict:
-    """Returns ``{"ok": bool, "failures": [...], "max_abs_diff": float|None, ...}``."""
+    """Returns ``{"ok": bool, "failures": [...], "max_abs_diff": float|None, ...}``.
+
+    The served probabilities must be within ``atol`` of the Keras model's (default by the
+    export's precision, :data:`TOLERANCES`) and give the same top-1 class wherever the
+    model's own top-1 margin is wider than ``atol``.
+    """
+    from export.saved_model import read_export_info
     failures = []
     version_dir = os.path.abspath(version_dir)  # the check runs in another directory
     if not os.path.exists(os.path.join(version_dir, "saved_model.pb")):
         return {"ok": False, "failures": [f"no saved_model.pb in {version_dir}"]}
+    info = read_export_info(version_dir)
+    if atol is None:
+        atol = TOLERANCES.get(info.get("precision"), TOLERANCES["float32"])
     with tempfile.TemporaryDirectory() as tmp:
         image_files = list(image_files or sample_image_files(tmp))
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -122,13 +135,23 @@ def verify_export(version_dir: str, model=None, image_files=None, atol: float = 
             if max_diff > atol:
                 failures.append(f"served and Keras probabilities differ by {max_diff:.3g} "
                                 f"(> {atol})")
+            top2 = np.sort(keras_probs, axis=-1)[:, -2:]
+            clear = (top2[:, 1] - top2[:, 0]) > atol if top2.shape[1] == 2 else True
+            flipped = (served.argmax(-1) != keras_probs.argmax(-1)) & clear
+            if flipped.any():
+                failures.append(f"served top-1 class differs from the Keras model's on "
+                                f"{int(flipped.sum())} of {len(served)} images")
     return {"ok": not failures, "failures": failures, "max_abs_diff": max_diff,
+            "precision": info.get("precision"), "frozen": info.get("frozen"), "atol": atol,
             "signatures": report["signatures"], "warmup_records": warm["records"],
             "predict": predict}
 
 
 def format_report(version_dir: str, report: dict) -> str:
     lines = [f"verify {version_dir}: {'OK' if report['ok'] else 'FAILED'}"]
+    if report.get("precision"):
+        lines.append(f"  precision {report['precision']}, "
+                     f"{'frozen (weights as constants)' if report.get('frozen') else 'variables'}")
     for name, sig in sorted(report.get("signatures", {}).items()):
         ins = ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in sorted(sig["inputs"].items()))
         outs = ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in sorted(sig["outputs"].items()))
@@ -136,6 +159,7 @@ def format_report(version_dir: str, report: dict) -> str:
     if "warmup_records" in report:
         lines.append(f"  warm-up records replayed: {report['warmup_records']}")
     if report.get("max_abs_diff") is not None:
-        lines.append(f"  max |served - Keras| probability: {report['max_abs_diff']:.3g}")
+        lines.append(f"  max |served - Keras| probability: {report['max_abs_diff']:.3g} "
+                     f"(tolerance {report['atol']:.3g})")
     lines += [f"  FAIL: {f}" for f in report["failures"]]
     return "\n".join(lines)

@@ -4,15 +4,49 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
 def layer_norm(x, gamma, beta, epsilon):
-    """LayerNorm over the last axis with float32 statistics, result in ``x``'s dtype."""
+    """LayerNorm over the last axis with float32 statistics, result in ``x``'s dtype.
+
+    ``gamma`` / ``beta`` None: normalisation only (their affine map was folded into the next
+    projection, see :func:`fold_block_weights`)."""
     x32 = tf.cast(x, tf.float32)
     mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
     normed = tf.cast((x32 - mean) * tf.math.rsqrt(variance + epsilon), x.dtype)
+    if gamma is None:
+        return normed
     return normed * tf.cast(gamma, x.dtype) + tf.cast(beta, x.dtype)
+
+
+# Weight order of a block (``layer.get_weights()``), unfolded and folded.
+BLOCK_WEIGHTS = ("ln1_gamma", "ln1_beta", "qkv_kernel", "qkv_bias", "out_kernel", "out_bias",
+                 "ln2_gamma", "ln2_beta", "mlp1_kernel", "mlp1_bias", "mlp2_kernel",
+                 "mlp2_bias")
+FOLDED_BLOCK_WEIGHTS = tuple(n for n in BLOCK_WEIGHTS if not n.startswith("ln"))
+
+
+def fold_block_weights(weights, num_heads: int):
+    """Folds a block's LayerNorm scale/offset and the attention scale into its projections.
+
+    ``LN(x) W + b = norm(x) (diag(gamma) W) + (beta W + b)``, and the query columns of the
+    fused qkv kernel and bias are multiplied by 1/sqrt(head_dim): exact in real arithmetic,
+    computed in float64. Takes and returns numpy arrays in :data:`BLOCK_WEIGHTS` /
+    :data:`FOLDED_BLOCK_WEIGHTS` order.
+    """
+    w = {name: np.asarray(value, np.float64) for name, value in zip(BLOCK_WEIGHTS, weights)}
+    dim = w["qkv_kernel"].shape[0]
+    qkv_kernel = w["ln1_gamma"][:, None] * w["qkv_kernel"]
+    qkv_bias = w["qkv_bias"] + w["ln1_beta"] @ w["qkv_kernel"]
+    scale = 1.0 / math.sqrt(dim // num_heads)
+    qkv_kernel[:, :dim] *= scale
+    qkv_bias[:dim] *= scale
+    folded = dict(w, qkv_kernel=qkv_kernel, qkv_bias=qkv_bias,
+                  mlp1_kernel=w["ln2_gamma"][:, None] * w["mlp1_kernel"],
+                  mlp1_bias=w["mlp1_bias"] + w["ln2_beta"] @ w["mlp1_kernel"])
+    return [folded[name].astype(np.float32) for name in FOLDED_BLOCK_WEIGHTS]
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -30,12 +64,17 @@ class TransformerBlock(keras.layers.Layer):
     The original checkpoint's separate (D, heads, D/heads) q/k/v kernels map onto the fused
     kernel's column blocks exactly (see :mod:`keras_vit.checkpoints`).
 
+    ``folded=True`` is the inference form made by :func:`keras_vit.inference_model`: the
+    LayerNorm scale/offset and the query scale live inside the qkv and first MLP projections
+    (:func:`fold_block_weights`), saving three elementwise passes over the tokens per
+    LayerNorm; the block then has no LayerNorm weights and is not meant for training.
+
     Input and output: (batch, tokens, D).
     """
 
     def __init__(self, num_heads: int, mlp_size: int, dropout_rate: float = 0.0,
                  attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 layer_norm_epsilon: float = 1e-6, **kwargs):
+                 layer_norm_epsilon: float = 1e-6, folded: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.mlp_size = int(mlp_size)
@@ -43,6 +82,7 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_dropout_rate = float(attention_dropout_rate)
         self.drop_path_rate = float(drop_path_rate)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.folded = bool(folded)
         policy = self.dtype_policy
         self.attention_dropout = keras.layers.Dropout(self.attention_dropout_rate, dtype=policy)
         self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=policy)
@@ -61,14 +101,17 @@ class TransformerBlock(keras.layers.Layer):
         def weight(name, shape, init):
             return self.add_weight(name=name, shape=shape, initializer=init)
 
-        self.ln1_gamma = weight("ln1_gamma", (dim,), ones)
-        self.ln1_beta = weight("ln1_beta", (dim,), zeros)
+        self.ln1_gamma = self.ln1_beta = self.ln2_gamma = self.ln2_beta = None
+        if not self.folded:
+            self.ln1_gamma = weight("ln1_gamma", (dim,), ones)
+            self.ln1_beta = weight("ln1_beta", (dim,), zeros)
         self.qkv_kernel = weight("qkv_kernel", (dim, 3 * dim), qkv_init)
         self.qkv_bias = weight("qkv_bias", (3 * dim,), zeros)
         self.out_kernel = weight("out_kernel", (dim, dim), "glorot_uniform")
         self.out_bias = weight("out_bias", (dim,), zeros)
-        self.ln2_gamma = weight("ln2_gamma", (dim,), ones)
-        self.ln2_beta = weight("ln2_beta", (dim,), zeros)
+        if not self.folded:
+            self.ln2_gamma = weight("ln2_gamma", (dim,), ones)
+            self.ln2_beta = weight("ln2_beta", (dim,), zeros)
         self.mlp1_kernel = weight("mlp1_kernel", (dim, self.mlp_size), "glorot_uniform")
         self.mlp1_bias = weight("mlp1_bias", (self.mlp_size,), zeros)
         self.mlp2_kernel = weight("mlp2_kernel", (self.mlp_size, dim), "glorot_uniform")
@@ -103,7 +146,9 @@ class TransformerBlock(keras.layers.Layer):
         qkv = tf.nn.bias_add(tf.matmul(h, w(self.qkv_kernel)), w(self.qkv_bias))
         qkv = tf.transpose(tf.reshape(qkv, (batch, tokens, 3, heads, head_dim)),
                            (2, 0, 3, 1, 4))  # (3, batch, heads, tokens, head_dim)
-        query = qkv[0] * tf.cast(1.0 / math.sqrt(head_dim), dtype)
+        query = qkv[0]
+        if not self.folded:
+            query = query * tf.cast(1.0 / math.sqrt(head_dim), dtype)
         logits = tf.matmul(query, qkv[1], transpose_b=True)
         probs = tf.cast(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), dtype)
         probs = self.attention_dropout(probs, training=training)
@@ -134,5 +179,5 @@ class TransformerBlock(keras.layers.Layer):
                       dropout_rate=self.dropout_rate,
                       attention_dropout_rate=self.attention_dropout_rate,
                       drop_path_rate=self.drop_path_rate,
-                      layer_norm_epsilon=self.layer_norm_epsilon)
+                      layer_norm_epsilon=self.layer_norm_epsilon, folded=self.folded)
         return config

@@ -120,6 +120,60 @@ def test_export_at_new_resolution(model, tmp_path):
     np.testing.assert_allclose(out["probabilities"].numpy(), runtime, atol=1e-5)
 
 
+def _nodes(version_dir):
+    """Every node of the SavedModel's graph and function library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0].graph_def
+    return list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+
+
+@pytest.mark.parametrize("precision,atol", [("float32", 1e-6), ("bfloat16", 2e-2)])
+def test_frozen_export(model, tmp_path, precision, atol):
+    default = export_saved_model(model, str(tmp_path / "m"), name="plain", labels=LABELS,
+                                 top_k=3)
+    path = export_saved_model(model, str(tmp_path / "m"), name="fast", labels=LABELS, top_k=3,
+                              frozen=True, precision=precision)
+    nodes = _nodes(path)
+    assert not {n.op for n in nodes} & {"VarHandleOp", "ReadVariableOp"}  # no variables
+    assert {"VarHandleOp", "ReadVariableOp"} <= {n.op for n in _nodes(default)}
+    const_dtypes = {tf.dtypes.as_dtype(n.attr["dtype"].type).name for n in nodes
+                    if n.op == "Const"}
+    assert ("bfloat16" in const_dtypes) == (precision == "bfloat16")
+    report = verify_export(path, model=model)
+    assert report["ok"], report["failures"]
+    assert report["precision"] == precision and report["frozen"]
+    plain_signatures = tf.saved_model.load(default).signatures
+    fast_signatures = tf.saved_model.load(path).signatures
+    assert set(fast_signatures) == set(plain_signatures)
+    for name in plain_signatures:
+        assert fast_signatures[name].structured_outputs.keys() == \
+            plain_signatures[name].structured_outputs.keys()
+    # A small test set: probabilities within tolerance, the same top-1 wherever it is clear.
+    images = [_jpeg(32, 32, seed) for seed in range(24)]
+    out = fast_signatures["serving_default"](image_bytes=tf.constant(images))
+    want = keras_probabilities(model, images)
+    got = out["probabilities"].numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=atol)
+    top2 = np.sort(want, -1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > atol
+    assert clear.sum() >= 12
+    np.testing.assert_array_equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
+
+
+def test_frozen_export_too_large_leaves_nothing(model, tmp_path, monkeypatch):
+    import export.frozen
+    monkeypatch.setattr(export.frozen, "MAX_FROZEN_BYTES", 1000)
+    with pytest.raises(ValueError, match="over the 2 GiB limit.*frozen=False"):
+        export_saved_model(model, str(tmp_path / "m"), name="big", frozen=True)
+    assert not os.path.exists(tmp_path / "m" / "big" / "1")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        export_saved_model(model, str(tmp_path / "m"), name="big", precision="int8")
+
+
 def test_verify_passes_on_a_good_export(model, exported, monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(exported)))
     report = verify_export(os.path.join("tiny", "1"), model=model)  # a relative path
@@ -292,6 +346,10 @@ def test_export_and_predict_cli(model, tmp_path, capsys):
     image.write_bytes(_jpeg(32, 32, 4))
     assert main(["predict", str(image), "--model-dir", version]) == 0
     assert str(image) in capsys.readouterr().out
+    assert main(["export", model_path, "--output", base, "--name", "cli", "--frozen",
+                 "--precision", "bfloat16"]) == 0
+    assert main(["export", model_path, "--verify", os.path.join(base, "cli", "2")]) == 0
+    assert "precision bfloat16, frozen" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing.keras")]) == 2
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")

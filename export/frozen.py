@@ -1,0 +1,66 @@
+"""The frozen inference graph: a keras_vit model's forward pass with its weights as graph
+constants, for the fast CPU serving export.
+
+oneDNN prepares (reorders) constant weights once for its fastest matmul kernels, and
+grappler can fold constant subgraphs, neither of which happens for weights read from
+variables. The graph is made from :func:`keras_vit.inference_model` (weights stored in the
+serving precision, LayerNorm and attention scale folded), so it holds one implementation of
+the model, not a second one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import (
+    convert_variables_to_constants_v2)
+
+from keras_vit import inference_model
+from keras_vit.inference import FLOAT32_LAYERS
+
+PRECISIONS = ("float32", "bfloat16")
+# A SavedModel's graph is one protocol buffer, which cannot exceed 2 GiB; leave room for
+# the serving functions and the warm-up file's metadata.
+MAX_FROZEN_BYTES = 1_900_000_000
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def frozen_bytes(model, precision: str) -> int:
+    """Bytes of constants the frozen graph of ``model`` holds in ``precision``."""
+    itemsize = 4 if precision == "float32" else 2
+    return sum(int(np.prod(w.shape)) * (4 if w.path.split("/")[0] in FLOAT32_LAYERS
+                                        else itemsize) for w in model.weights)
+
+
+def frozen_logits_function(model, image_size, precision: str = "float32"):
+    """A function images -> float32 logits with every weight a constant of the graph.
+
+    ``image_size`` fixes the spatial size (the serving functions resize to it), so the
+    position-embedding interpolation is not in the graph at all.
+    """
+    check_precision(precision)
+    size = frozen_bytes(model, precision)
+    if size > MAX_FROZEN_BYTES:
+        raise ValueError(f"{model.name}: a frozen {precision} graph would hold {size / 2**30:.2f}"
+                         " GiB of constants, over the 2 GiB limit of a SavedModel graph; "
+                         "export it with frozen=False (weights as variables)")
+    copy = inference_model(model, precision, name=f"{model.name}_inference")
+    height, width = image_size
+    channels = model.input_shape[-1]
+
+    @tf.function
+    def logits(images):
+        return tf.cast(copy(images, training=False), tf.float32)
+
+    concrete = logits.get_concrete_function(
+        tf.TensorSpec((None, height, width, channels), tf.float32, name="images"))
+    frozen = convert_variables_to_constants_v2(concrete)
+
+    def call(images):
+        return frozen(images)[0]
+
+    return call
