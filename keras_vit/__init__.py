@@ -2,7 +2,11 @@
 
 Public API, listed once here.
 """
-import keras as _keras
+from keras_vit.runtime import default_onednn_on as _default_onednn_on
+
+_default_onednn_on()  # before TensorFlow is imported (see keras_vit/runtime.py)
+
+import keras as _keras  # noqa: E402
 
 if _keras.backend.backend() != "tensorflow":
     raise ImportError("keras_vit needs Keras's TensorFlow backend; set KERAS_BACKEND=tensorflow "
@@ -16,6 +20,7 @@ from keras_vit.models import (R26_ViT_S32, R50_ViT_B16, R50_ViT_L32, ViT, ViT_B1
                               model_image_size)
 from keras_vit.position_embeddings import resize_position_embeddings  # noqa: E402
 from keras_vit.preprocessing import preprocess_image  # noqa: E402
+from keras_vit.runtime import onednn_enabled  # noqa: E402
 from keras_vit.variants import VARIANTS, ViTConfig  # noqa: E402
 
 __version__ = "0.1.0"
@@ -23,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointMismatchError", "R26_ViT_S32", "R50_ViT_B16", "R50_ViT_L32", "VARIANTS", "ViT",
     "ViTConfig", "ViT_B16", "ViT_B32", "ViT_H14", "ViT_L16", "ViT_L32", "ViT_S16", "ViT_S32",
-    "ViT_Ti16", "inference_model", "layers", "load_pretrained", "model_image_size", "preprocess_image",
+    "ViT_Ti16", "inference_model", "layers", "load_pretrained", "model_image_size",
+    "onednn_enabled", "preprocess_image",
     "resize_position_embeddings",
 ]

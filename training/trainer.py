@@ -101,6 +101,49 @@ def _top_k_correct(labels, logits, k):
                                                 tf.cast(logits, tf.float32), k), tf.float32))
 
 
+def make_train_step(model, optimizer, strategy, global_batch_size: int,
+                    clip_global_norm: Optional[float] = None, loss_scaling: bool = False,
+                    jit_compile: bool = False):
+    """The distributed training step ``(images, labels) -> (mean loss, top-1 correct)``.
+
+    Loss averaged over the global batch; with ``clip_global_norm`` the gradient is clipped
+    by its global (all-replica) norm, as the paper does; with ``loss_scaling`` the optimizer
+    is a ``LossScaleOptimizer`` (which then also does any clipping itself).
+    """
+    replicas = strategy.num_replicas_in_sync
+
+    def step_fn(images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                       from_logits=True)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if clip_global_norm:
+            # Keras's optimizer sums gradients over replicas again, hence the division.
+            context = tf.distribute.get_replica_context()
+            if replicas > 1:
+                grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            grads, _ = tf.clip_by_global_norm(grads, clip_global_norm)
+            if replicas > 1:
+                grads = [g / replicas for g in grads]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, _top_k_correct(labels, logits, 1)
+
+    @tf.function(jit_compile=jit_compile or None)
+    def replica_step(images, labels):
+        return step_fn(images, labels)
+
+    @tf.function
+    def train_step(images, labels):
+        loss, correct = strategy.run(replica_step, args=(images, labels))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+
+    return train_step
+
+
 def evaluate(model, dataset) -> dict:
     """Top-1 / top-5 accuracy and mean loss of ``model`` on a batched dataset."""
     @tf.function
@@ -160,7 +203,6 @@ def _train(config, strategy, resume, source, verbose):
                          f"{source.num_train} training examples")
     total_steps = recipe.steps or (recipe.epochs or 1) * steps_per_epoch
     loss_scaling = config.precision == "mixed_float16"
-    manual_clip = recipe.clip_global_norm and not loss_scaling
 
     with strategy.scope():
         model = build_model(recipe, source.num_classes, config.weights)
@@ -187,35 +229,9 @@ def _train(config, strategy, resume, source, verbose):
               f"{replicas} replica(s), {config.precision}"
               + (f", resumed at step {step}" if resume else ""), flush=True)
 
-    def step_fn(images, labels):
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                                       from_logits=True)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=recipe.batch_size)
-            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        if manual_clip:
-            # Clip the global (all-replica) gradient, as the paper does. Keras's optimizer
-            # sums gradients over replicas again, hence the division.
-            context = tf.distribute.get_replica_context()
-            if replicas > 1:
-                grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            grads, _ = tf.clip_by_global_norm(grads, recipe.clip_global_norm)
-            if replicas > 1:
-                grads = [g / replicas for g in grads]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, _top_k_correct(labels, logits, 1)
-
-    @tf.function(jit_compile=config.jit_compile or None)
-    def replica_step(images, labels):
-        return step_fn(images, labels)
-
-    @tf.function
-    def train_step(images, labels):
-        loss, correct = strategy.run(replica_step, args=(images, labels))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+    train_step = make_train_step(model, optimizer, strategy, recipe.batch_size,
+                                 clip_global_norm=None if loss_scaling else recipe.clip_global_norm,
+                                 loss_scaling=loss_scaling, jit_compile=config.jit_compile)
 
     log_dir = os.path.join(config.output, "logs", "train")
     writer = tf.summary.create_file_writer(log_dir) if is_chief else tf.summary.create_noop_writer()
