@@ -39,8 +39,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "workers.py")
 MODELS = ("ViT_Ti16", "ViT_S16", "ViT_B16")
-INFERENCE = [  # label, worker kind, export (for sessions), mode
+ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+INFERENCE = [  # label, worker kind, export (for sessions), mode[, extra environment]
     ("keras_vit, Keras call", "keras_vit", None, "call"),
+    ("keras_vit, Keras call, oneDNN off", "keras_vit", None, "call", ONEDNN_OFF),
     ("keras_vit, model.predict", "keras_vit", None, "predict"),
     ("keras_vit, inference_model", "keras_vit", None, "inference_model"),
     ("SavedModel, variables (session)", "savedmodel", "variables", "images"),
@@ -58,12 +60,14 @@ TRAINING = [("keras_vit trainer step", "train_keras_vit"), ("keras_vit model.fit
 class Worker:
     """One benchmark process (see workers.py)."""
 
-    def __init__(self, spec, log):
+    def __init__(self, spec, log, env=None):
         self.spec, self.error, self.peak_rss_mb, self.versions = spec, None, None, {}
         self.proc = subprocess.Popen([sys.executable, WORKER, json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=log, text=True, bufsize=1)
+                                     stderr=log, text=True, bufsize=1,
+                                     env=dict(os.environ, **(env or {})))
         ready = self._read()
+        self.onednn = ready.get("onednn") if ready else None
         if ready is None:
             self.error = f"{spec['kind']} failed to start (see the log)"
 
@@ -153,13 +157,14 @@ def run_inference(args, export_dir, log):
         for dtype in args.dtypes:
             print(f"[{model} {dtype}] starting workers", flush=True)
             workers, settings = {}, {}
-            for label, kind, export, mode in INFERENCE:
-                key = (kind, export)
+            for label, kind, export, mode, *env in INFERENCE:
+                env = env[0] if env else {}
+                key = (kind, export, tuple(env.items()))
                 if key not in workers:
                     spec = {"kind": kind, "model": model, "dtype": dtype}
                     if export:
                         spec["path"] = paths.get(f"{dtype}-{export}", "missing export")
-                    workers[key] = Worker(spec, log)
+                    workers[key] = Worker(spec, log, env)
                 settings[label] = (workers[key], mode)
             t0 = time.time()
             results = interleaved(settings, args.batches, args.repeats, args.max_call_seconds,
@@ -170,7 +175,7 @@ def run_inference(args, export_dir, log):
             for label, (worker, mode) in settings.items():
                 rows.append({"model": model, "dtype": dtype, "setting": label,
                              "results": results[label], "peak_rss_mb": worker.peak_rss_mb,
-                             "versions": worker.versions})
+                             "onednn": worker.onednn, "versions": worker.versions})
     return rows
 
 
@@ -277,9 +282,12 @@ def report(args, inference, training, ceilings):
                             ("frozen SavedModel / PyTorch", "SavedModel, frozen (session)", TORCH),
                             ("keras_vit call / PyTorch", "keras_vit, Keras call", TORCH),
                             ("keras_vit call / keras-hub", "keras_vit, Keras call", HUB),
+                            ("oneDNN on / off", "keras_vit, Keras call",
+                             "keras_vit, Keras call, oneDNN off"),
                             ("frozen / variables SavedModel", "SavedModel, frozen (session)",
                              "SavedModel, variables (session)"),
-                            ("JPEG bytes / float pixels", "SavedModel, frozen, JPEG bytes",
+                            ("JPEG-bytes / float signature speed",
+                             "SavedModel, frozen, JPEG bytes",
                              "SavedModel, frozen (session)")):
                         value = _ratio(inference, num, den, model, dtype, batch)
                         if value is not None:
@@ -323,6 +331,9 @@ def main():
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, ISA {' '.join(info['isa'])}",
           flush=True)
+    # Every TensorFlow process with oneDNN on (what `import keras_vit` sets by default), so
+    # that keras-hub gets the same runtime; one extra setting shows keras_vit without it.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     start = time.time()
     with open(args.log, "w") as log, tempfile.TemporaryDirectory() as export_dir:
         ceilings = [] if args.no_ceilings else run_ceilings(args, log)

@@ -357,7 +357,11 @@ def main(spec):
         return
     worker = WORKERS[spec["kind"]](spec)
     measured = getattr(worker, "measured", lambda elapsed: elapsed)
-    reply({"ready": True, "modes": list(worker.modes), "peak_rss_mb": peak_rss_mb()})
+    onednn = None
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.util import _pywrap_util_port
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    reply({"ready": True, "modes": list(worker.modes), "onednn": onednn})
     for line in sys.stdin:
         command = json.loads(line)
         if command["op"] == "exit":
