@@ -26,6 +26,8 @@ setup(
         # Protos for the TF Serving warm-up file and the gRPC client.
         "serving": SERVING,
         "test": SERVING + ["pytest>=7", "scipy"],
+        # benchmarks/compare.py: the peers it measures keras-vit against.
+        "benchmark": SERVING + ["torch", "torchvision", "timm", "keras-hub"],
     },
     entry_points={"console_scripts": ["keras-vit=training.cli:main"]},
     license="Apache-2.0",
