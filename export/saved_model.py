@@ -149,8 +149,7 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     try:
         archive.write_out(tmp, verbose=False)
-        write_export_info(tmp, {"precision": precision, "frozen": bool(frozen),
-                                "image_size": list(size), "num_classes": int(num_classes)})
+        write_export_info(tmp, {"precision": precision, "frozen": bool(frozen)})
         if warmup:
             try:
                 from export.warmup import write_warmup

@@ -8,8 +8,6 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def _train_parser(parser):
     from training.distribute import STRATEGIES
