@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import os
 import zipfile
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -40,10 +40,11 @@ from keras_vit.position_embeddings import resize_position_embeddings
 logger = logging.getLogger("keras_vit")
 
 POS_EMBEDDING_KEY = "Transformer/posembed_input/pos_embedding"
+Shape = Tuple[int, ...]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read."""
+    """A checkpoint file that cannot be read, or whose arrays cannot be weights."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -52,10 +53,16 @@ class CheckpointMismatchError(ValueError):
 
 @dataclasses.dataclass
 class Entry:
-    """One keras_vit weight and how to fill it from original checkpoint arrays."""
+    """One keras_vit weight, the original key(s) it is filled from and their shapes.
+
+    ``shapes`` holds the expected shape of each source array (checked from the archive's
+    headers before anything is read); ``None`` for the position embeddings, whose grid may
+    differ (they are resized).
+    """
 
     keys: Sequence[str]
     variable: keras.Variable
+    shapes: Optional[Sequence[Shape]]
     combine: Callable[[List[np.ndarray]], np.ndarray] = lambda arrays: arrays[0]
     kind: str = "plain"  # "plain", "posemb" (resized to the grid) or "head" (may be reset)
 
@@ -73,8 +80,42 @@ def _out_kernel(arrays):
     return arrays[0].reshape(heads * head_dim, dim)
 
 
+def _shape(array_or_var) -> Shape:
+    return tuple(int(d) for d in array_or_var.shape)
+
+
+def _same(key, variable, kind="plain"):
+    """An entry whose source array has the variable's own shape."""
+    return Entry([key], variable, [_shape(variable)], kind=kind)
+
+
 def _group_norm_entries(prefix, layer):
-    return [Entry([f"{prefix}/scale"], layer.gamma), Entry([f"{prefix}/bias"], layer.beta)]
+    # The original stores GroupNorm parameters as (1, 1, 1, C).
+    return [Entry([f"{prefix}/scale"], layer.gamma, [(1, 1, 1) + _shape(layer.gamma)]),
+            Entry([f"{prefix}/bias"], layer.beta, [(1, 1, 1) + _shape(layer.beta)])]
+
+
+def _block_entries(p, layer):
+    att = f"{p}/MultiHeadDotProductAttention_1"
+    mlp = f"{p}/MlpBlock_3"
+    dim, heads = layer.hidden_size, layer.num_heads
+    per_head = (heads, dim // heads)
+    qkv = ("query", "key", "value")
+    return [
+        _same(f"{p}/LayerNorm_0/scale", layer.ln1_gamma),
+        _same(f"{p}/LayerNorm_0/bias", layer.ln1_beta),
+        Entry([f"{att}/{n}/kernel" for n in qkv], layer.qkv_kernel, [(dim,) + per_head] * 3,
+              _concat_qkv),
+        Entry([f"{att}/{n}/bias" for n in qkv], layer.qkv_bias, [per_head] * 3, _flatten),
+        Entry([f"{att}/out/kernel"], layer.out_kernel, [per_head + (dim,)], _out_kernel),
+        _same(f"{att}/out/bias", layer.out_bias),
+        _same(f"{p}/LayerNorm_2/scale", layer.ln2_gamma),
+        _same(f"{p}/LayerNorm_2/bias", layer.ln2_beta),
+        _same(f"{mlp}/Dense_0/kernel", layer.mlp1_kernel),
+        _same(f"{mlp}/Dense_0/bias", layer.mlp1_bias),
+        _same(f"{mlp}/Dense_1/kernel", layer.mlp2_kernel),
+        _same(f"{mlp}/Dense_1/bias", layer.mlp2_bias),
+    ]
 
 
 def checkpoint_entries(model: keras.Model) -> List[Entry]:
@@ -83,166 +124,297 @@ def checkpoint_entries(model: keras.Model) -> List[Entry]:
     for layer in model.layers:
         name = layer.name
         if isinstance(layer, Patches):
-            entries += [Entry(["embedding/kernel"], layer.kernel),
-                        Entry(["embedding/bias"], layer.bias)]
+            entries += [_same("embedding/kernel", layer.kernel),
+                        _same("embedding/bias", layer.bias)]
         elif isinstance(layer, PatchEncoder):
             if layer.num_prefix_tokens:
-                entries.append(Entry(["cls"], layer.cls))
-            entries.append(Entry([POS_EMBEDDING_KEY], layer.pos_embedding, kind="posemb"))
+                entries.append(_same("cls", layer.cls))
+            entries.append(Entry([POS_EMBEDDING_KEY], layer.pos_embedding, None, kind="posemb"))
         elif isinstance(layer, TransformerBlock):
-            p = f"Transformer/{name}"
-            att = f"{p}/MultiHeadDotProductAttention_1"
-            mlp = f"{p}/MlpBlock_3"
-            entries += [
-                Entry([f"{p}/LayerNorm_0/scale"], layer.ln1_gamma),
-                Entry([f"{p}/LayerNorm_0/bias"], layer.ln1_beta),
-                Entry([f"{att}/{n}/kernel" for n in ("query", "key", "value")],
-                      layer.qkv_kernel, _concat_qkv),
-                Entry([f"{att}/{n}/bias" for n in ("query", "key", "value")],
-                      layer.qkv_bias, _flatten),
-                Entry([f"{att}/out/kernel"], layer.out_kernel, _out_kernel),
-                Entry([f"{att}/out/bias"], layer.out_bias),
-                Entry([f"{p}/LayerNorm_2/scale"], layer.ln2_gamma),
-                Entry([f"{p}/LayerNorm_2/bias"], layer.ln2_beta),
-                Entry([f"{mlp}/Dense_0/kernel"], layer.mlp1_kernel),
-                Entry([f"{mlp}/Dense_0/bias"], layer.mlp1_bias),
-                Entry([f"{mlp}/Dense_1/kernel"], layer.mlp2_kernel),
-                Entry([f"{mlp}/Dense_1/bias"], layer.mlp2_bias),
-            ]
+            entries += _block_entries(f"Transformer/{name}", layer)
         elif name == "encoder_norm":
-            entries += [Entry(["Transformer/encoder_norm/scale"], layer.gamma),
-                        Entry(["Transformer/encoder_norm/bias"], layer.beta)]
+            entries += [_same("Transformer/encoder_norm/scale", layer.gamma),
+                        _same("Transformer/encoder_norm/bias", layer.beta)]
         elif name in ("pre_logits", "head"):
             kind = "head" if name == "head" else "plain"
-            entries += [Entry([f"{name}/kernel"], layer.kernel, kind=kind),
-                        Entry([f"{name}/bias"], layer.bias, kind=kind)]
+            entries += [_same(f"{name}/kernel", layer.kernel, kind),
+                        _same(f"{name}/bias", layer.bias, kind)]
         elif isinstance(layer, StdConv2D):  # conv_root
-            entries.append(Entry([f"{name}/kernel"], layer.kernel))
+            entries.append(_same(f"{name}/kernel", layer.kernel))
         elif isinstance(layer, keras.layers.GroupNormalization):  # gn_root
             entries += _group_norm_entries(name, layer)
         elif isinstance(layer, ResNetUnit):
             prefix = name.replace("_", "/")  # block{s}_unit{u} -> block{s}/unit{u}
             convs = ["conv1", "conv2", "conv3"] + (["conv_proj"] if layer.use_projection else [])
             for conv in convs:
-                entries.append(Entry([f"{prefix}/{conv}/kernel"], getattr(layer, conv).kernel))
+                entries.append(_same(f"{prefix}/{conv}/kernel", getattr(layer, conv).kernel))
                 gn = conv.replace("conv", "gn")
                 entries += _group_norm_entries(f"{prefix}/{gn}", getattr(layer, gn))
     return entries
 
 
-def read_npz(path) -> Dict[str, np.ndarray]:
-    """Reads every array of an ``.npz`` checkpoint (no pickles), with clear errors."""
+# ---- Reading an .npz archive: headers first, then only the arrays that load. ----
+
+@dataclasses.dataclass(frozen=True)
+class ArrayInfo:
+    """What an ``.npz`` member's header declares."""
+
+    shape: Shape
+    dtype: np.dtype
+
+
+def _read_header(member, size: int, key: str, path: str) -> ArrayInfo:
+    version = np.lib.format.read_magic(member)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise CheckpointError(f"{path}: array {key!r} has .npy format version {version}, "
+                              "which keras_vit does not read")
+    shape, _, dtype = readers[version](member)
+    shape = tuple(int(d) for d in shape)
+    if dtype.hasobject:
+        raise CheckpointError(f"{path} is not a readable .npz checkpoint: array {key!r} holds "
+                              "Python objects (pickles are refused)")
+    needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    available = size - member.tell()
+    if available < needed:
+        raise CheckpointError(
+            f"{path} is not a readable .npz checkpoint (corrupt or truncated?): array {key!r} "
+            f"declares shape {shape} ({needed:,} bytes) but holds {available:,} bytes")
+    return ArrayInfo(shape, dtype)
+
+
+def read_npz_index(path) -> Dict[str, ArrayInfo]:
+    """Names, shapes and dtypes of an ``.npz`` checkpoint's arrays, from the headers only.
+
+    No array data is read, so a checkpoint can be checked against a model before its
+    (possibly large) arrays cost any memory.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    index = {}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"{path} is a single .npy array, not an .npz checkpoint")
-            return {key: data[key] for key in data.files}
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with archive.open(info) as member:
+                    index[key] = _read_header(member, info.file_size, key, path)
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
         raise CheckpointError(
             f"{path} is not a readable .npz checkpoint (corrupt or truncated?): "
             f"{type(error).__name__}: {error}") from None
+    return index
 
 
-def _shape(array_or_var):
-    return tuple(int(d) for d in array_or_var.shape)
+def read_npz_arrays(path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` checkpoint (no pickles), with clear errors."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in keys}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable .npz checkpoint (corrupt or truncated?): "
+            f"{type(error).__name__}: {error}") from None
+
+
+def _check_dtypes(index: Dict[str, ArrayInfo], path: str) -> None:
+    """Only real numbers can be weights (strings, complex, bool or void arrays cannot)."""
+    bad = [f"{key!r} ({info.dtype})" for key, info in sorted(index.items())
+           if info.dtype.kind not in "fiu"]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} array(s) do not hold real numbers; no weight "
+                              f"was changed: {', '.join(bad)}")
+
+
+def _check_finite(arrays: Dict[str, np.ndarray], path: str) -> None:
+    bad = sorted(key for key, array in arrays.items()
+                 if array.dtype.kind == "f" and not np.isfinite(array).all())
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} array(s) hold NaN or infinite values; no "
+                              f"weight was changed: {', '.join(map(repr, bad))}")
+
+
+# ---- Matching a checkpoint to a model. ----
+
+def _strip_leading_ones(shape: Shape) -> Shape:
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def _fits(found: Shape, expected: Shape) -> bool:
+    """Equal shapes, up to leading 1s (GroupNorm parameters are stored as (1, 1, 1, C))."""
+    return found == expected or _strip_leading_ones(found) == _strip_leading_ones(expected)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What loading will do, decided from the archive's headers alone."""
+
+    load: List[Entry] = dataclasses.field(default_factory=list)
+    reset: List[Entry] = dataclasses.field(default_factory=list)  # the head, set to zeros
+    problems: List[str] = dataclasses.field(default_factory=list)
+    report: Dict[str, list] = dataclasses.field(default_factory=lambda: {
+        "loaded": [], "dropped": [], "reinitialized": [], "resized": []})
+    reinitialized_because: str = ""
+    head_dropped: bool = False
+
+
+def _posemb_problem(found: Shape, encoder: PatchEncoder, has_cls: bool) -> Optional[str]:
+    """Why a checkpoint's position embeddings cannot be fitted to ``encoder``, or None."""
+    prefix = 1 if has_cls else 0
+    if len(found) != 3 or found[0] != 1 or found[2] != encoder.hidden_size:
+        return f"expected shape (1, tokens, {encoder.hidden_size}), found {found}"
+    if encoder.num_prefix_tokens > prefix:
+        return "the model has a class token but the checkpoint has none"
+    grid = found[1] - prefix
+    side = int(np.sqrt(grid))
+    if side * side != grid:
+        return f"{grid} grid tokens in shape {found} are not a square grid"
+    return None
+
+
+def _plan(model: keras.Model, index: Dict[str, ArrayInfo]) -> _Plan:
+    plan = _Plan()
+    encoder = model.get_layer("posembed_input")
+    layer_names = {layer.name for layer in model.layers}
+    has_cls = "cls" in index
+    # Pre-logits the model does not have: the checkpoint's head was trained on top of them,
+    # so it cannot be kept on the raw encoder output (the original re-initialises it too).
+    pre_logits_dropped = ("pre_logits/kernel" in index and "pre_logits" not in layer_names)
+    used = set()
+    for entry in checkpoint_entries(model):
+        missing = [k for k in entry.keys if k not in index]
+        for key in missing:
+            plan.problems.append(f"missing key {key!r} (model expects a value for "
+                                 f"{entry.variable.path}, shape {_shape(entry.variable)})")
+        if missing:
+            continue
+        used.update(entry.keys)
+        found = [index[k].shape for k in entry.keys]
+        if entry.kind == "head":
+            fits = all(_fits(f, e) for f, e in zip(found, entry.shapes))
+            if pre_logits_dropped or not fits:
+                plan.reinitialized_because = (
+                    "it was trained on pre-logits features this model does not have (pass "
+                    "representation_size to keep them)" if pre_logits_dropped else
+                    f"it does not fit {model.get_layer('head').units} classes")
+                plan.report["reinitialized"].append(entry.keys[0])
+                plan.reset.append(entry)
+                continue
+        elif entry.kind == "posemb":
+            problem = _posemb_problem(found[0], encoder, has_cls)
+            if problem:
+                plan.problems.append(f"{entry.keys[0]}: {problem}")
+                continue
+        else:
+            wrong = [f"{k}: expected shape {e}, found {f}"
+                     for k, f, e in zip(entry.keys, found, entry.shapes) if not _fits(f, e)]
+            if wrong:
+                plan.problems += wrong
+                continue
+        plan.load.append(entry)
+    for key in sorted(set(index) - used):
+        head_of_headless = key.startswith("head/") and "head" not in layer_names
+        if (key.startswith("pre_logits/") or head_of_headless
+                or (key == "cls" and not encoder.num_prefix_tokens)):
+            plan.report["dropped"].append(key)
+            plan.head_dropped |= head_of_headless
+        else:
+            plan.problems.append(f"unexpected key {key!r} (shape {index[key].shape}) has no "
+                                 "place in this model")
+    return plan
+
+
+def _fit_position_embeddings(value, encoder, has_cls, report):
+    """Drops the class token's embedding if the model has none, then resizes the grid."""
+    prefix = 1 if has_cls else 0
+    if prefix and not encoder.num_prefix_tokens:
+        value, prefix = value[:, 1:], 0
+    side = int(np.sqrt(value.shape[1] - prefix))
+    if (side, side) != tuple(encoder.grid_size):
+        report["resized"].append(f"{POS_EMBEDDING_KEY} grid {(side, side)} -> "
+                                 f"{tuple(encoder.grid_size)}")
+        value = resize_position_embeddings(value, encoder.grid_size, prefix,
+                                           old_grid=(side, side))
+    return value
+
+
+def _values(plan: _Plan, arrays, encoder, has_cls):
+    """(variable, float32 value) for every entry to load; nothing is assigned here."""
+    updates = []
+    for entry in plan.load:
+        value = entry.combine([arrays[k] for k in entry.keys])
+        if entry.kind == "posemb":
+            value = _fit_position_embeddings(value, encoder, has_cls, plan.report)
+        updates.append((entry.variable,
+                        np.asarray(value, np.float32).reshape(_shape(entry.variable))))
+        plan.report["loaded"].extend(entry.keys)
+    return updates
+
+
+def _log(plan: _Plan, model: keras.Model) -> None:
+    report = plan.report
+    if plan.head_dropped:
+        logger.warning("keras_vit: the checkpoint's head is not loaded: model %r has no head "
+                       "(include_top=False)", model.name)
+    others = [k for k in report["dropped"] if not k.startswith("head/")]
+    if others:
+        logger.warning("keras_vit: not loaded (no place in this model, as when fine-tuning): "
+                       "%s", ", ".join(others))
+    if report["reinitialized"]:
+        logger.warning("keras_vit: the checkpoint's head is not kept because %s; the head is "
+                       "zero-initialised for fine-tuning", plan.reinitialized_because)
+    if report["resized"]:
+        logger.warning("keras_vit: position embeddings resized: %s", "; ".join(report["resized"]))
 
 
 def load_pretrained(model: keras.Model, path, *, verbose: bool = True) -> Dict[str, list]:
     """Loads an original ViT ``.npz`` checkpoint into a built keras_vit model.
 
-    Follows the paper's transfer recipe: ``pre_logits`` is dropped when the model has no
-    representation layer; a head whose shape differs (another class count) is set to zeros
-    instead (a fresh zero-initialised D x K layer, paper section 3.1); position embeddings
-    are resized to the model's grid with aligned-corners bilinear interpolation (section
-    3.2). GroupNorm parameters stored as (1, 1, 1, C) are squeezed. Anything else that does
-    not fit raises :class:`CheckpointMismatchError` listing every offending key, and then
-    no weight of the model has been changed.
+    Follows the paper's transfer recipe. ``pre_logits`` is dropped when the model has no
+    representation layer, and then the checkpoint's head (trained on the pre-logits
+    features) is not kept either. A head of another shape (class count) is not loaded. In
+    both cases the model's head is set to zeros (a fresh zero-initialised D x K layer, paper
+    section 3.1). A model without a head (``include_top=False``) ignores the checkpoint's
+    head. Position embeddings are resized to the model's grid with aligned-corners bilinear
+    interpolation (section 3.2). GroupNorm parameters stored as (1, 1, 1, C) are squeezed.
+    Each of these is logged (logger ``"keras_vit"``).
 
-    Returns a report: ``{"loaded": [...], "dropped": [...], "reinitialized": [...],
-    "resized": [...]}`` of original keys.
+    Names and shapes are checked from the archive's headers first; only the arrays that load
+    are read. Anything else that does not fit raises :class:`CheckpointMismatchError`
+    listing every offending key; arrays that are not real numbers, or hold NaN or infinite
+    values, raise :class:`CheckpointError` naming them. On any error no weight of the model
+    has been changed.
+
+    Args:
+        model: a keras_vit model (built by :func:`keras_vit.ViT` or a named builder).
+        path: the ``.npz`` file (a path or path-like).
+        verbose: log what was dropped, re-initialised or resized.
+
+    Returns:
+        A report ``{"loaded": [...], "dropped": [...], "reinitialized": [...],
+        "resized": [...]}`` of original keys.
     """
-    arrays = read_npz(path)
-    entries = checkpoint_entries(model)
-    report = {"loaded": [], "dropped": [], "reinitialized": [], "resized": []}
-    problems, updates, used = [], [], set()
-    encoder = model.get_layer("posembed_input")
-    has_cls = "cls" in arrays
-
-    for entry in entries:
-        expected = _shape(entry.variable)
-        missing = [k for k in entry.keys if k not in arrays]
-        if missing:
-            for key in missing:
-                problems.append(f"missing key {key!r} (model expects a value for "
-                                f"{entry.variable.path}, shape {expected})")
-            continue
-        used.update(entry.keys)
-        try:
-            value = entry.combine([arrays[k] for k in entry.keys])
-        except ValueError as error:
-            shapes = [_shape(arrays[k]) for k in entry.keys]
-            problems.append(f"{', '.join(entry.keys)}: found shapes {shapes} that cannot form "
-                            f"{entry.variable.path} of shape {expected} ({error})")
-            continue
-        key = entry.keys[0]
-        if entry.kind == "posemb" and value.ndim == 3 and value.shape[-1] == expected[-1]:
-            value = _fit_position_embeddings(value, encoder, has_cls, report)
-        if entry.kind == "head" and _shape(value) != expected:
-            report["reinitialized"].append(key)
-            value = np.zeros(expected, dtype=np.float32)
-        elif _shape(value) != expected and value.size == int(np.prod(expected)) and \
-                value.ndim == 4 and value.shape[:3] == (1, 1, 1):
-            value = value.reshape(expected)  # GroupNorm (1, 1, 1, C)
-        if _shape(value) != expected:
-            problems.append(f"{key}: expected shape {expected}, found {_shape(value)}")
-            continue
-        updates.append((entry.variable, value))
-        report["loaded"].extend(entry.keys)
-
-    for key in sorted(set(arrays) - used):
-        if key.startswith("pre_logits/") or (key == "cls" and not encoder.num_prefix_tokens):
-            report["dropped"].append(key)
-        else:
-            problems.append(f"unexpected key {key!r} (shape {_shape(arrays[key])}) has no "
-                            "place in this model")
-    if problems:
+    path = os.fspath(path)
+    index = read_npz_index(path)
+    _check_dtypes(index, path)
+    plan = _plan(model, index)
+    if plan.problems:
         raise CheckpointMismatchError(
-            f"checkpoint {os.fspath(path)} does not fit model {model.name!r} "
-            f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+            f"checkpoint {path} does not fit model {model.name!r} "
+            f"({len(plan.problems)} problem(s)):\n  " + "\n  ".join(plan.problems))
+    arrays = read_npz_arrays(path, [k for entry in plan.load for k in entry.keys])
+    _check_finite(arrays, path)
+    updates = _values(plan, arrays, model.get_layer("posembed_input"), "cls" in index)
+    updates += [(entry.variable, np.zeros(_shape(entry.variable), np.float32))
+                for entry in plan.reset]
     for variable, value in updates:
-        variable.assign(value.astype(np.float32))
+        variable.assign(value)
     if verbose:
-        if report["dropped"]:
-            logger.warning("keras_vit: not loaded (no place in this model, as when "
-                           "fine-tuning): %s", ", ".join(report["dropped"]))
-        if report["reinitialized"]:
-            logger.warning("keras_vit: the checkpoint's head does not fit %d classes; the head "
-                           "is zero-initialised for fine-tuning",
-                           model.get_layer("head").units)
-        if report["resized"]:
-            logger.warning("keras_vit: position embeddings resized: %s",
-                           "; ".join(report["resized"]))
-    return report
-
-
-def _fit_position_embeddings(value, encoder, has_cls, report):
-    """Drops the class token's embedding if the model has none, then resizes the grid."""
-    ckpt_prefix = 1 if has_cls else 0
-    if ckpt_prefix and not encoder.num_prefix_tokens:
-        value = value[:, 1:]
-        ckpt_prefix = 0
-    grid_tokens = value.shape[1] - ckpt_prefix
-    side = int(np.sqrt(grid_tokens))
-    if side * side != grid_tokens or ckpt_prefix != encoder.num_prefix_tokens:
-        return value  # not a square grid: reported as a shape problem
-    if (side, side) != tuple(encoder.grid_size):
-        report["resized"].append(f"{POS_EMBEDDING_KEY} grid {(side, side)} -> "
-                                 f"{tuple(encoder.grid_size)}")
-        value = resize_position_embeddings(value, encoder.grid_size, ckpt_prefix,
-                                           old_grid=(side, side))
-    return value
+        _log(plan, model)
+    return plan.report

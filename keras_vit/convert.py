@@ -25,10 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    import numpy as np
-
     import keras_vit
-    from keras_vit.checkpoints import read_npz
+    from keras_vit.checkpoints import read_npz_index
     from keras_vit.pretrained import resolve_weights
 
     if not args.output.endswith((".keras", ".weights.h5")):
@@ -36,10 +34,10 @@ def run(args: argparse.Namespace) -> str:
     path = resolve_weights(args.model, args.checkpoint)
     num_classes = args.num_classes
     if num_classes is None:
-        arrays = read_npz(path)
-        if "head/bias" not in arrays:
+        index = read_npz_index(path)
+        if "head/bias" not in index:
             raise ValueError(f"{path} has no head/bias; pass --num-classes")
-        num_classes = int(np.asarray(arrays["head/bias"]).shape[0])
+        num_classes = int(index["head/bias"].shape[0])
     size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
     model = getattr(keras_vit, args.model)(
         image_size=size, num_classes=num_classes, classifier=args.classifier,

@@ -192,3 +192,116 @@ def test_convert_cli_writes_a_loadable_keras_file(tmp_path, capsys):
     assert _rel_err(model(x).numpy(), want) < 2e-5
     assert convert_main([src, "--model", "ViT_Ti16", "--output", str(tmp_path / "x.pt")]) == 2
     assert os.path.exists(out)
+
+
+@pytest.mark.parametrize("representation", [None, 24])
+def test_headless_model_loads_a_checkpoint_with_head(tmp_path, caplog, representation):
+    """include_top=False ignores the checkpoint's head (logged), as Keras Applications do."""
+    params = reference_vit.make_checkpoint(np.random.default_rng(10),
+                                           representation=representation)
+    path = _save(tmp_path, params)
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        model = keras_vit.ViT(image_size=32, include_top=False, weights=path,
+                              representation_size=representation, **TINY)
+    assert "has no head (include_top=False)" in caplog.text
+    x = random_images(2)
+    want = reference_vit.forward(params, x, heads=4, features=True,
+                                 use_pre_logits=bool(representation))
+    assert _rel_err(model(x).numpy(), want) < 2e-5
+
+
+def test_head_on_pre_logits_is_not_kept_when_pre_logits_are_dropped(tmp_path, caplog):
+    """Same class count, but the head was trained on pre-logits features: reset, logged."""
+    params = reference_vit.make_checkpoint(np.random.default_rng(11), representation=32,
+                                           num_classes=5)
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        report = keras_vit.load_pretrained(model, _save(tmp_path, params))
+    assert set(report["reinitialized"]) == {"head/kernel", "head/bias"}
+    assert "pre-logits" in caplog.text and "zero-initialised" in caplog.text
+    np.testing.assert_array_equal(model.get_layer("head").kernel.numpy(), 0.0)
+    np.testing.assert_array_equal(model.get_layer("head").bias.numpy(), 0.0)
+    # With representation_size the released classifier is kept, matching the reference.
+    keep = keras_vit.ViT(image_size=32, num_classes=5, representation_size=32, **TINY)
+    assert not keras_vit.load_pretrained(keep, _save(tmp_path, params))["reinitialized"]
+    x = random_images(2)
+    assert _rel_err(keep(x).numpy(), reference_vit.forward(params, x, heads=4)) < 2e-5
+
+
+def _weights_of(model):
+    return [v.numpy().copy() for v in model.weights]
+
+
+def _assert_unchanged(before, model):
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+@pytest.mark.parametrize("bad,error", [
+    (np.full((32,), "x"), "do not hold real numbers"),                 # strings
+    (np.zeros((32,), np.complex64), "do not hold real numbers"),       # complex
+    (np.full((32,), np.nan, np.float32), "NaN or infinite"),
+    (np.full((32,), np.inf, np.float32), "NaN or infinite"),
+])
+def test_bad_arrays_raise_naming_the_key_and_change_nothing(tmp_path, bad, error):
+    params = reference_vit.make_checkpoint(np.random.default_rng(12))
+    key = "Transformer/encoderblock_1/LayerNorm_2/scale"
+    params[key] = bad
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    before = _weights_of(model)
+    with pytest.raises(checkpoints.CheckpointError, match=error) as info:
+        keras_vit.load_pretrained(model, _save(tmp_path, params))
+    assert key in str(info.value)
+    _assert_unchanged(before, model)
+
+
+def _write_npz_with_large_member(path, params, key, shape):
+    """An .npz whose ``key`` declares ``shape`` float32 zeros, deflated (small on disk)."""
+    import zipfile
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, value in params.items():
+            with archive.open(name + ".npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(value))
+        with archive.open(key + ".npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            chunk = bytes(1 << 22)
+            for _ in range(int(np.prod(shape)) * 4 // len(chunk)):
+                f.write(chunk)
+
+
+@pytest.mark.parametrize("key,shape", [
+    ("extra/kernel", (64, 1 << 20)),        # unexpected key declaring 256 MiB
+    ("embedding/kernel", (64, 1 << 20)),    # an expected key with a huge wrong shape
+])
+def test_only_arrays_that_load_are_read(tmp_path, key, shape):
+    """Names and shapes are checked from the headers: a mismatch costs no memory."""
+    import tracemalloc
+    params = reference_vit.make_checkpoint(np.random.default_rng(13))
+    params.pop(key, None)
+    path = tmp_path / "big.npz"
+    _write_npz_with_large_member(path, params, key, shape)
+    assert path.stat().st_size < 2 << 20  # under 2 MB on disk
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    before = _weights_of(model)
+    tracemalloc.start()
+    try:
+        with pytest.raises(keras_vit.CheckpointMismatchError, match=key):
+            keras_vit.load_pretrained(model, str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB while checking the checkpoint"
+    _assert_unchanged(before, model)
+
+
+def test_truncated_array_data_is_refused_before_reading(tmp_path):
+    path = tmp_path / "lying.npz"
+    import zipfile
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open("cls.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 28,)})
+            f.write(bytes(64))
+    with pytest.raises(checkpoints.CheckpointError, match="declares shape"):
+        keras_vit.load_pretrained(keras_vit.ViT(image_size=32, **TINY), str(path))
