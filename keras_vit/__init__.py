@@ -12,9 +12,10 @@ if _keras.backend.backend() != "tensorflow":
     raise ImportError("keras_vit needs Keras's TensorFlow backend; set KERAS_BACKEND=tensorflow "
                       f"(current backend: {_keras.backend.backend()!r})")
 
-from keras_vit import layers  # noqa: E402
+from keras_vit import layers, metrics  # noqa: E402
 from keras_vit.checkpoints import CheckpointMismatchError, load_pretrained  # noqa: E402
 from keras_vit.inference import inference_model  # noqa: E402
+from keras_vit.metrics import top_k_hits  # noqa: E402
 from keras_vit.models import (R26_ViT_S32, R50_ViT_B16, R50_ViT_L32, ViT, ViT_B16,  # noqa: E402
                               ViT_B32, ViT_H14, ViT_L16, ViT_L32, ViT_S16, ViT_S32, ViT_Ti16,
                               model_image_size)
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointMismatchError", "R26_ViT_S32", "R50_ViT_B16", "R50_ViT_L32", "VARIANTS", "ViT",
     "ViTConfig", "ViT_B16", "ViT_B32", "ViT_H14", "ViT_L16", "ViT_L32", "ViT_S16", "ViT_S32",
-    "ViT_Ti16", "inference_model", "layers", "load_pretrained", "model_image_size",
+    "ViT_Ti16", "inference_model", "layers", "load_pretrained", "metrics", "model_image_size",
     "onednn_enabled", "preprocess_image",
-    "resize_position_embeddings",
+    "resize_position_embeddings", "top_k_hits",
 ]

@@ -95,10 +95,8 @@ class _StopSignal:
 
 
 def _top_k_correct(labels, logits, k):
-    """How many of the labels are among the ``k`` highest logits."""
-    k = min(k, logits.shape[-1])
-    return tf.reduce_sum(tf.cast(tf.nn.in_top_k(tf.cast(labels, tf.int32),
-                                                tf.cast(logits, tf.float32), k), tf.float32))
+    """How many of the labels are among the ``k`` predicted classes (a tie is no hit)."""
+    return tf.reduce_sum(tf.cast(keras_vit.metrics.top_k_hits(labels, logits, k), tf.float32))
 
 
 def make_train_step(model, optimizer, strategy, global_batch_size: int,
