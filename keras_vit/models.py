@@ -120,30 +120,35 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
 def _named_builder(variant: str):
     config = VARIANTS[variant]
 
-    def build(image_size: ImageSize = 224, num_classes: int = 1000, include_top: bool = True,
-              weights=None, classifier: str = "token",
+    def build(image_size: Optional[ImageSize] = None, num_classes: Optional[int] = None,
+              include_top: bool = True, weights=None, classifier: Optional[str] = None,
               representation_size: Optional[int] = None, include_preprocessing: bool = True,
               dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
               drop_path_rate: float = 0.0, **kwargs) -> keras.Model:
+        from keras_vit.pretrained import builder_arguments, resolve_weights
+        args = builder_arguments(variant, weights, image_size=image_size,
+                                 num_classes=num_classes, include_top=include_top,
+                                 classifier=classifier, representation_size=representation_size)
         if isinstance(weights, str):
-            from keras_vit.pretrained import resolve_weights
             weights = resolve_weights(variant, weights)
         arch = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint_name"}
-        return ViT(image_size=image_size, num_classes=num_classes, include_top=include_top,
-                   weights=weights, classifier=classifier,
-                   representation_size=representation_size,
+        return ViT(include_top=include_top, weights=weights,
                    include_preprocessing=include_preprocessing, dropout_rate=dropout_rate,
                    attention_dropout_rate=attention_dropout_rate,
-                   drop_path_rate=drop_path_rate, **{"name": variant.lower(), **arch, **kwargs})
+                   drop_path_rate=drop_path_rate,
+                   **{"name": variant.lower(), **args, **arch, **kwargs})
 
     build.__name__ = build.__qualname__ = variant
-    build.__doc__ = (f"{config.checkpoint_name} of the paper: patch {config.patch_size}, width "
-                     f"{config.hidden_size}, depth {config.num_layers}, MLP {config.mlp_size}, "
-                     f"{config.num_heads} heads"
-                     + (f", ResNet v2 stages {config.resnet_stages}" if config.resnet_stages
-                        else "")
-                     + ". Arguments as in :func:`ViT`; ``weights`` may also name a published "
-                       "checkpoint (see :func:`keras_vit.pretrained.available_weights`).")
+    build.__doc__ = (
+        f"{config.checkpoint_name} of the paper: patch {config.patch_size}, width "
+        f"{config.hidden_size}, depth {config.num_layers}, MLP {config.mlp_size}, "
+        f"{config.num_heads} heads"
+        + (f", ResNet v2 stages {config.resnet_stages}" if config.resnet_stages else "")
+        + ".\n\n    Arguments as in :func:`keras_vit.ViT`. ``weights`` may also name a "
+          "published checkpoint (see :func:`keras_vit.pretrained.available_weights`); its "
+          "image size, class count, classifier and (when the released head is kept) "
+          "representation size are then the defaults of the arguments not passed (224, "
+          "1000, \"token\" and None otherwise).\n")
     return build
 
 

@@ -150,10 +150,10 @@ def test_pickled_arrays_are_refused(tmp_path):
 
 def test_named_weights_resolve_to_the_original_bucket():
     table = pretrained.available_weights()
-    assert table["imagenet21k"]["ViT_B16"].endswith("/vit_models/imagenet21k/ViT-B_16.npz")
-    assert table["imagenet21k+imagenet2012"]["R50_ViT_B16"].endswith(
+    assert table["imagenet21k"]["ViT_B16"].url.endswith("/vit_models/imagenet21k/ViT-B_16.npz")
+    assert table["imagenet21k+imagenet2012"]["R50_ViT_B16"].url.endswith(
         "/imagenet21k+imagenet2012/R50+ViT-B_16.npz")
-    assert "augreg/Ti_16-i21k-300ep" in table["augreg-imagenet21k"]["ViT_Ti16"]
+    assert "augreg/Ti_16-i21k-300ep" in table["augreg-imagenet21k"]["ViT_Ti16"].url
     with pytest.raises(ValueError, match="were not published for ViT_Ti16"):
         pretrained.weights_url("ViT_Ti16", "imagenet21k")
     with pytest.raises(ValueError, match="unknown weights 'imagenet'"):
@@ -175,7 +175,7 @@ def test_named_weights_download_once_through_keras_cache(tmp_path, monkeypatch):
     with pytest.raises(keras_vit.CheckpointMismatchError):  # 12-layer model, 1-layer file
         keras_vit.ViT_Ti16(image_size=32, num_classes=5, weights="augreg-imagenet21k")
     fname, origin, subdir = calls[0]
-    assert origin == pretrained.available_weights()["augreg-imagenet21k"]["ViT_Ti16"]
+    assert origin == pretrained.available_weights()["augreg-imagenet21k"]["ViT_Ti16"].url
     assert fname.endswith(".npz") and subdir.startswith("keras_vit")
 
 
@@ -305,3 +305,45 @@ def test_truncated_array_data_is_refused_before_reading(tmp_path):
             f.write(bytes(64))
     with pytest.raises(checkpoints.CheckpointError, match="declares shape"):
         keras_vit.load_pretrained(keras_vit.ViT(image_size=32, **TINY), str(path))
+
+
+def test_published_names_carry_their_metadata():
+    table = pretrained.available_weights()
+    i21k, ft = table["imagenet21k"]["ViT_L16"], table["imagenet21k+imagenet2012"]["ViT_B16"]
+    assert (i21k.image_size, i21k.num_classes, i21k.representation_size, i21k.labels) == \
+        (224, 21843, 1024, None)
+    assert (ft.image_size, ft.num_classes, ft.representation_size, ft.classifier) == \
+        (384, 1000, None, "token")
+    augreg = table["augreg-imagenet21k+imagenet2012"]["ViT_S16"]
+    assert (augreg.image_size, augreg.num_classes, augreg.representation_size) == (384, 1000, None)
+    assert table["augreg-imagenet21k"]["ViT_Ti16"].representation_size is None
+    # Defaults where the caller passed nothing; the pre-logits only with the released head.
+    args = pretrained.builder_arguments
+    assert args("ViT_B16", "imagenet21k") == dict(image_size=224, num_classes=21843,
+                                                  classifier="token", representation_size=768)
+    assert args("ViT_B16", "imagenet21k", num_classes=10)["representation_size"] is None
+    assert args("ViT_B16", "imagenet21k", include_top=False)["representation_size"] is None
+    assert args("ViT_B16", "imagenet21k", representation_size=0)["representation_size"] is None
+    assert args("ViT_B16", "imagenet21k+imagenet2012", image_size=512)["image_size"] == 512
+    assert args("ViT_B16", None) == dict(image_size=224, num_classes=1000, classifier="token",
+                                         representation_size=None)
+
+
+def test_imagenet_head_comes_with_its_class_names():
+    names = pretrained.available_weights()["imagenet21k+imagenet2012"]["ViT_B16"].class_names()
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert names[0] == "n01440764" and names[-1] == "n15075141"  # tench ... toilet tissue
+    assert pretrained.available_weights()["imagenet21k"]["ViT_B16"].class_names() is None
+
+
+def test_named_builder_takes_size_and_classes_from_the_published_name(tmp_path, monkeypatch):
+    """ViT_Ti16(weights="augreg-imagenet21k+imagenet2012") is the released 384 px model."""
+    params = reference_vit.make_checkpoint(np.random.default_rng(14), dim=192, heads=3,
+                                           mlp=768, layers=12, patch=16, grid=(24, 24),
+                                           num_classes=1000)
+    local = _save(tmp_path, params, "ti.npz")
+    monkeypatch.setattr(keras.utils, "get_file", lambda fname, origin, cache_subdir: local)
+    model = keras_vit.ViT_Ti16(weights="augreg-imagenet21k+imagenet2012")
+    assert keras_vit.model_image_size(model) == (384, 384)
+    assert model.output_shape == (None, 1000)
+    np.testing.assert_array_equal(model.get_layer("head").bias.numpy(), params["head/bias"])
