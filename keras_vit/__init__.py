@@ -2,11 +2,7 @@
 
 Public API, listed once here.
 """
-from keras_vit.runtime import default_onednn_on as _default_onednn_on
-
-_default_onednn_on()  # before TensorFlow is imported (see keras_vit/runtime.py)
-
-import keras as _keras  # noqa: E402
+import keras as _keras
 
 if _keras.backend.backend() != "tensorflow":
     raise ImportError("keras_vit needs Keras's TensorFlow backend; set KERAS_BACKEND=tensorflow "

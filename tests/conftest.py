@@ -6,7 +6,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras_vit  # noqa: E402,F401  (first, as the CLI does: its TensorFlow runtime defaults)
+import keras_vit  # noqa: E402,F401
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,12 +1,20 @@
-"""The keras-vit training application: data, recipes, tf.distribute loop, CLI."""
-import os
+"""The keras-vit training application: data, recipes, tf.distribute loop, CLI.
 
-# The CLI's quiet default for TensorFlow's C++ logs; set before keras_vit loads TensorFlow.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+Importing the package changes no environment variable and loads nothing heavy: the names
+below are imported on first use, so the CLI (``training.cli.main``) can set its TensorFlow
+defaults before TensorFlow loads.
+"""
+import importlib
 
-import keras_vit  # noqa: E402,F401  (first: its TensorFlow defaults, keras_vit/runtime.py)
-from training.recipes import RECIPES, Recipe  # noqa: E402
-from training.trainer import (RunConfig, TrainingError, build_model, evaluate,  # noqa: E402
-                              train)
+_EXPORTS = {"RECIPES": "training.recipes", "Recipe": "training.recipes",
+            "RunConfig": "training.trainer", "TrainingError": "training.trainer",
+            "build_model": "training.trainer", "evaluate": "training.trainer",
+            "train": "training.trainer"}
 
-__all__ = ["RECIPES", "Recipe", "RunConfig", "TrainingError", "build_model", "evaluate", "train"]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'training' has no attribute {name!r}")

@@ -151,7 +151,18 @@ def build_parser():
     return parser
 
 
+def set_runtime_defaults(environ=os.environ) -> None:
+    """The CLI's TensorFlow defaults, set by main() before TensorFlow loads (it reads them
+    once, at import); a value the user set wins. oneDNN's fused CPU kernels also where
+    TensorFlow leaves them off (AVX2-only x86; README, Performance); quiet C++ logs, and
+    without an NVIDIA driver no error line from TensorFlow's CUDA probe."""
+    environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    environ.setdefault("TF_CPP_MIN_LOG_LEVEL",
+                       "2" if os.path.exists("/proc/driver/nvidia") else "3")
+
+
 def main(argv=None) -> int:
+    set_runtime_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("export", "predict"):

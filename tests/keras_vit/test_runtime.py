@@ -1,34 +1,51 @@
-"""keras_vit turns TensorFlow's oneDNN optimisations on unless told otherwise."""
+"""No environment changes at import; the keras-vit CLI sets its TensorFlow defaults in main()."""
 import os
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import REPO, run_python
 
-CHECK = ("import os, {first}; import keras_vit; "
-         "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), keras_vit.onednn_enabled())")
+VARIABLES = ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")
 
 
-def _env(value):
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    if value is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = value
+def _env(**values):
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    env.update(values)
     return env
 
 
-@pytest.mark.parametrize("first,value,expected", [
-    ("sys", None, "1 True"),            # keras_vit imported first: oneDNN on
-    ("sys", "0", "0 False"),            # the user's explicit choice wins
-    ("tensorflow", None, "None"),       # TensorFlow already loaded: left alone
-])
-def test_onednn_default(first, value, expected, monkeypatch):
-    monkeypatch.setattr(os, "environ", _env(value))
-    out = run_python(CHECK.format(first=first)).strip().splitlines()[-1]
-    assert out.startswith(expected)
+def test_importing_the_packages_changes_no_environment_variable(monkeypatch):
+    monkeypatch.setattr(os, "environ", _env())
+    out = run_python("import os; before = dict(os.environ); "
+                     "import keras_vit, export, training; from training import train; "
+                     "print(sorted(set(os.environ.items()) ^ set(before.items())))")
+    assert out.strip().splitlines()[-1] == "[]"
 
 
-def test_cli_entry_imports_keras_vit_first(monkeypatch):
-    monkeypatch.setattr(os, "environ", _env(None))
-    out = run_python("import training.cli, export, keras_vit; "
-                     "print(keras_vit.onednn_enabled())").strip().splitlines()[-1]
-    assert out == "True"
+@pytest.mark.parametrize("user,expected", [(None, "1 True"), ("0", "0 False")])
+def test_cli_sets_onednn_before_tensorflow_loads_and_the_user_wins(monkeypatch, user, expected):
+    monkeypatch.setattr(os, "environ", _env(**({"TF_ENABLE_ONEDNN_OPTS": user} if user else {})))
+    out = run_python(
+        "import os, sys, training.cli as cli\n"
+        "assert 'tensorflow' not in sys.modules, 'the CLI module loaded TensorFlow'\n"
+        "rc = cli.main(['evaluate', 'no-such-run'])\n"
+        "from keras_vit import onednn_enabled\n"
+        "print(rc, os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_enabled())")
+    assert out.strip().splitlines()[-1] == f"2 {expected}"
+
+
+@pytest.mark.skipif(os.path.exists("/proc/driver/nvidia"), reason="a machine with a GPU driver")
+def test_cli_prints_no_cuda_error_on_a_cpu_machine(tmp_path):
+    import keras_vit
+    from tests.conftest import TINY
+    model_path = str(tmp_path / "tiny.keras")
+    keras_vit.ViT(image_size=32, num_classes=10, **TINY).save(model_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", model_path, "--dataset", "digits"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(_env(), PYTHONPATH=REPO))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "top-1 0.1" in result.stdout  # zero head: chance on the 10 digits
+    assert "cuInit" not in result.stderr and "CUDA error" not in result.stderr
