@@ -1,11 +1,17 @@
 """keras-vit: the Vision Transformer as a Keras 3 / TensorFlow package."""
+import re
+
 from setuptools import find_packages, setup
+
+# The one version string lives in keras_vit/version.py (read, not imported: no TensorFlow).
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    open("keras_vit/version.py", encoding="utf-8").read()).group(1)
 
 SERVING = ["tensorflow-serving-api>=2.16", "grpcio"]
 
 setup(
     name="keras-vit",
-    version="0.1.0",
+    version=VERSION,
     description="Vision Transformer (ViT, ResNet+ViT hybrids) for Keras 3 / TensorFlow: "
                 "original checkpoints, tf.distribute training, TF Serving export",
     long_description=open("README.md", encoding="utf-8").read(),

@@ -14,38 +14,12 @@ import numpy as np
 
 import keras_vit
 from export.signatures import SIGNATURES, make_serving_functions
-from keras_vit.position_embeddings import to_pair
 
 logger = logging.getLogger("keras_vit.export")
 
 
 class ExportError(RuntimeError):
     """The export could not be written; nothing was left behind."""
-
-
-def model_at_resolution(model: keras.Model, image_size) -> keras.Model:
-    """A copy of a keras_vit model built for ``image_size``, its position embeddings resized
-    with the original (aligned-corners) semantics, as when fine-tuning at a new resolution."""
-    size = to_pair(image_size, "image_size")
-    if size == keras_vit.model_image_size(model):
-        return model
-    stride = model.get_layer("image_validation").multiple_of
-    if size[0] % stride or size[1] % stride:
-        raise ValueError(f"image_size {size} is not a multiple of {stride} (the patch size)")
-    config = model.get_config()
-    for layer in config["layers"]:
-        if layer["config"].get("name") == "posembed_input":
-            layer["config"]["grid_size"] = [size[0] // stride, size[1] // stride]
-    clone = keras.Model.from_config(config)
-    old = model.get_layer("posembed_input")
-    for src, dst in zip(model.weights, clone.weights):
-        value = src.numpy()
-        if src is old.pos_embedding:
-            value = keras_vit.resize_position_embeddings(
-                value, clone.get_layer("posembed_input").grid_size, old.num_prefix_tokens,
-                old_grid=old.grid_size)
-        dst.assign(value)
-    return clone
 
 
 EXPORT_INFO = os.path.join("assets.extra", "keras_vit_export.json")
@@ -121,7 +95,7 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if image_size is not None:
-        model = model_at_resolution(model, image_size)
+        model = keras_vit.model_at_resolution(model, image_size)
     size = keras_vit.model_image_size(model)
     model_dir = os.path.join(base_dir, name)
     os.makedirs(model_dir, exist_ok=True)

@@ -1,6 +1,7 @@
 """keras-vit: the Vision Transformer (Dosovitskiy et al., arXiv 2010.11929) for Keras 3.
 
-Public API, listed once here.
+Public API, listed once here. Importing keras_vit changes no environment variable (for
+TensorFlow's oneDNN setting see :mod:`keras_vit.runtime`).
 """
 import keras as _keras
 
@@ -8,10 +9,14 @@ if _keras.backend.backend() != "tensorflow":
     raise ImportError("keras_vit needs Keras's TensorFlow backend; set KERAS_BACKEND=tensorflow "
                       f"(current backend: {_keras.backend.backend()!r})")
 
-from keras_vit import layers, metrics  # noqa: E402
-from keras_vit.checkpoints import CheckpointMismatchError, load_pretrained  # noqa: E402
+from keras_vit import layers, metrics, pretrained  # noqa: E402
+from keras_vit.checkpoints import (CheckpointError, CheckpointMismatchError,  # noqa: E402
+                                   load_pretrained)
+from keras_vit.convert import convert_checkpoint  # noqa: E402
 from keras_vit.inference import inference_model  # noqa: E402
 from keras_vit.metrics import top_k_hits  # noqa: E402
+from keras_vit.model_ops import (NO_WEIGHT_DECAY, model_at_resolution,  # noqa: E402
+                                 no_weight_decay_variables, rebuild, with_new_head)
 from keras_vit.models import (R26_ViT_S32, R50_ViT_B16, R50_ViT_L32, ViT, ViT_B16,  # noqa: E402
                               ViT_B32, ViT_H14, ViT_L16, ViT_L32, ViT_S16, ViT_S32, ViT_Ti16,
                               model_image_size)
@@ -19,13 +24,14 @@ from keras_vit.position_embeddings import resize_position_embeddings  # noqa: E4
 from keras_vit.preprocessing import preprocess_image  # noqa: E402
 from keras_vit.runtime import onednn_enabled  # noqa: E402
 from keras_vit.variants import VARIANTS, ViTConfig  # noqa: E402
-
-__version__ = "0.1.0"
+from keras_vit.version import __version__  # noqa: E402
 
 __all__ = [
-    "CheckpointMismatchError", "R26_ViT_S32", "R50_ViT_B16", "R50_ViT_L32", "VARIANTS", "ViT",
-    "ViTConfig", "ViT_B16", "ViT_B32", "ViT_H14", "ViT_L16", "ViT_L32", "ViT_S16", "ViT_S32",
-    "ViT_Ti16", "inference_model", "layers", "load_pretrained", "metrics", "model_image_size",
-    "onednn_enabled", "preprocess_image",
-    "resize_position_embeddings", "top_k_hits",
+    "CheckpointError", "CheckpointMismatchError", "NO_WEIGHT_DECAY", "R26_ViT_S32",
+    "R50_ViT_B16", "R50_ViT_L32", "VARIANTS", "ViT", "ViTConfig", "ViT_B16", "ViT_B32",
+    "ViT_H14", "ViT_L16", "ViT_L32", "ViT_S16", "ViT_S32", "ViT_Ti16", "__version__",
+    "convert_checkpoint", "inference_model", "layers", "load_pretrained", "metrics",
+    "model_at_resolution", "model_image_size", "no_weight_decay_variables", "onednn_enabled",
+    "preprocess_image", "pretrained", "rebuild", "resize_position_embeddings", "top_k_hits",
+    "with_new_head",
 ]

@@ -1,68 +1,71 @@
-"""``keras-vit convert``: an original ``.npz`` checkpoint to a ``.keras`` or ``.weights.h5`` file."""
+"""Converting an original ``.npz`` checkpoint to a ``.keras`` or ``.weights.h5`` file (the
+``keras-vit convert`` command calls :func:`convert_checkpoint`)."""
 from __future__ import annotations
 
-import argparse
-import sys
+import os
+from typing import Optional
 
-from keras_vit.variants import VARIANTS
+import keras
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="original .npz checkpoint (or a published name "
-                                           "such as imagenet21k, downloaded once)")
-    parser.add_argument("--model", required=True, choices=sorted(VARIANTS),
-                        help="architecture of the checkpoint")
-    parser.add_argument("--image-size", type=int, nargs="+", default=[224],
-                        help="resolution of the converted model: one int or HEIGHT WIDTH; "
-                             "position embeddings are resized to it")
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help="class count of the new head (default: the checkpoint's); a "
-                             "different count gives a zero-initialised head for fine-tuning")
-    parser.add_argument("--representation-size", type=int, default=None,
-                        help="keep the checkpoint's pre-logits layer of this size")
-    parser.add_argument("--classifier", choices=["token", "gap"], default="token")
-    parser.add_argument("--output", required=True, help="model.keras or model.weights.h5")
+OUTPUT_SUFFIXES = (".keras", ".weights.h5")
 
 
-def run(args: argparse.Namespace) -> str:
-    import keras_vit
+def _checkpoint_defaults(path: str, num_classes, representation_size, include_top: bool):
+    """Class count and pre-logits width of an ``.npz`` file's released head (from headers)."""
     from keras_vit.checkpoints import read_npz_index
-    from keras_vit.pretrained import resolve_weights
-
-    if not args.output.endswith((".keras", ".weights.h5")):
-        raise ValueError(f"--output must end in .keras or .weights.h5, got {args.output!r}")
-    path = resolve_weights(args.model, args.checkpoint)
-    num_classes = args.num_classes
+    index = read_npz_index(path)
     if num_classes is None:
-        index = read_npz_index(path)
         if "head/bias" not in index:
-            raise ValueError(f"{path} has no head/bias; pass --num-classes")
+            raise ValueError(f"{path} has no head/bias; pass num_classes")
         num_classes = int(index["head/bias"].shape[0])
-    size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
-    model = getattr(keras_vit, args.model)(
-        image_size=size, num_classes=num_classes, classifier=args.classifier,
-        representation_size=args.representation_size)
-    keras_vit.load_pretrained(model, path)
-    if args.output.endswith(".keras"):
-        model.save(args.output)
+    released = "head/bias" in index and index["head/bias"].shape == (num_classes,)
+    if representation_size is None and include_top and released and "pre_logits/bias" in index:
+        representation_size = int(index["pre_logits/bias"].shape[0])
+    return num_classes, representation_size
+
+
+def convert_checkpoint(checkpoint: str, variant: str, output: str, image_size=None,
+                       num_classes: Optional[int] = None,
+                       representation_size: Optional[int] = None,
+                       classifier: Optional[str] = None) -> keras.Model:
+    """Builds ``variant``, loads ``checkpoint`` into it and saves it as ``output``.
+
+    Arguments not passed default to the checkpoint's: a published name's metadata (see
+    :mod:`keras_vit.pretrained`), or for a file its head's class count and, when that head
+    is kept, its pre-logits width; the image size to the published one, else 224. Another
+    ``image_size`` resizes the position embeddings, another ``num_classes`` gives a
+    zero-initialised head for fine-tuning (see :func:`keras_vit.load_pretrained`).
+
+    Args:
+        checkpoint: an original ``.npz`` path or a published name (downloaded once).
+        variant: the builder's name, e.g. ``"ViT_B16"``.
+        output: a ``.keras`` or ``.weights.h5`` path that does not exist yet.
+        image_size: int or (height, width).
+        num_classes: the head's class count.
+        representation_size: width of the pre-logits layer to keep (0: none).
+        classifier: ``"token"`` or ``"gap"``.
+
+    Returns:
+        The converted model.
+    """
+    import keras_vit
+    from keras_vit.pretrained import is_published_name
+
+    if variant not in keras_vit.VARIANTS:
+        raise ValueError(f"unknown model {variant!r}: expected one of "
+                         f"{', '.join(sorted(keras_vit.VARIANTS))}")
+    if not output.endswith(OUTPUT_SUFFIXES):
+        raise ValueError(f"output must end in .keras or .weights.h5, got {output!r}")
+    if os.path.exists(output):
+        raise ValueError(f"{output} already exists; remove it or choose another output")
+    if not is_published_name(checkpoint):
+        num_classes, representation_size = _checkpoint_defaults(
+            checkpoint, num_classes, representation_size, include_top=True)
+    model = getattr(keras_vit, variant)(
+        image_size=image_size, num_classes=num_classes, classifier=classifier,
+        representation_size=representation_size, weights=checkpoint)
+    if output.endswith(".keras"):
+        model.save(output)
     else:
-        model.save_weights(args.output)
-    print(f"wrote {args.output}: {args.model} at {keras_vit.model_image_size(model)}, "
-          f"{num_classes} classes, {model.count_params():,} parameters")
-    return args.output
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="keras-vit convert", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError) as error:
-        print(f"keras-vit convert: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        model.save_weights(output)
+    return model

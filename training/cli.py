@@ -132,6 +132,34 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def _convert_parser(parser):
+    parser.add_argument("checkpoint", help="original .npz checkpoint, or a published name "
+                                           "such as imagenet21k (downloaded once)")
+    parser.add_argument("--model", required=True, help="architecture, e.g. ViT_B16")
+    parser.add_argument("--image-size", type=int, nargs="+", help="one int or HEIGHT WIDTH "
+                        "(default: the checkpoint's); position embeddings are resized to it")
+    parser.add_argument("--num-classes", type=int, help="default: the checkpoint's; another "
+                        "count gives a zero-initialised head for fine-tuning")
+    parser.add_argument("--representation-size", type=int,
+                        help="pre-logits width to keep (default: the checkpoint's with its head)")
+    parser.add_argument("--classifier", choices=["token", "gap"])
+    parser.add_argument("--output", required=True, help="model.keras or model.weights.h5")
+
+
+def run_convert(args) -> int:
+    import keras_vit
+
+    size = args.image_size and (args.image_size[0] if len(args.image_size) == 1
+                                else tuple(args.image_size))
+    model = keras_vit.convert_checkpoint(
+        args.checkpoint, args.model, args.output, image_size=size,
+        num_classes=args.num_classes, representation_size=args.representation_size,
+        classifier=args.classifier)
+    print(f"wrote {args.output}: {args.model} at {keras_vit.model_image_size(model)}, "
+          f"{model.output_shape[-1]} outputs, {model.count_params():,} parameters")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-vit", description="Vision Transformer for "
                                      "Keras 3: train, evaluate, export, predict, convert.")
@@ -146,8 +174,7 @@ def build_parser():
     from export.cli import add_export_arguments, add_predict_arguments
     add_export_arguments(sub.add_parser("export", help="write / verify a TF Serving model"))
     add_predict_arguments(sub.add_parser("predict", help="classify images with an export"))
-    from keras_vit.convert import add_arguments
-    add_arguments(sub.add_parser("convert", help="original .npz -> .keras / .weights.h5"))
+    _convert_parser(sub.add_parser("convert", help="original .npz -> .keras / .weights.h5"))
     return parser
 
 
@@ -175,9 +202,7 @@ def main(argv=None) -> int:
             return run_train(args)
         if args.command == "evaluate":
             return run_evaluate(args)
-        from keras_vit.convert import run
-        run(args)
-        return 0
+        return run_convert(args)
     except (ValueError, OSError, TrainingError, CheckpointError) as error:
         print(f"keras-vit {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ from typing import Optional
 
 import keras
 
+from keras_vit.model_ops import NO_WEIGHT_DECAY  # biases, norms, embeddings (keras_vit's)
+
 # A small ViT for the built-in demo (digits at 32 px): 64 tokens of 4x4 patches.
 TINY_MODEL = dict(patch_size=4, hidden_size=64, mlp_size=128, num_heads=4, num_layers=4)
 
@@ -57,9 +59,6 @@ RECIPES = {
                    optimizer="adamw", learning_rate=2e-3, schedule="cosine", warmup_steps=100,
                    epochs=30, weight_decay=1e-4, crop_area_min=None, flip=False),
 }
-
-# Weights that weight decay leaves alone: biases, norms, position embeddings, class token.
-NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "pos_embedding", "^cls$"]
 
 
 @keras.saving.register_keras_serializable(package="keras_vit_training")

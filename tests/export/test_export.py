@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 import keras_vit
-from export import ExportError, export_saved_model, model_at_resolution, verify_export
+from export import ExportError, export_saved_model, verify_export
+from keras_vit import model_at_resolution
 from export import client
 from export.saved_model import keras_probabilities
 from export.warmup import sample_image

@@ -8,7 +8,6 @@ import pytest
 
 import keras_vit
 from keras_vit import checkpoints, pretrained
-from keras_vit.convert import main as convert_main
 from tests import reference_vit
 from tests.conftest import TINY, random_images
 
@@ -179,19 +178,24 @@ def test_named_weights_download_once_through_keras_cache(tmp_path, monkeypatch):
     assert fname.endswith(".npz") and subdir.startswith("keras_vit")
 
 
-def test_convert_cli_writes_a_loadable_keras_file(tmp_path, capsys):
+def test_convert_checkpoint_writes_a_loadable_keras_file(tmp_path):
     params = reference_vit.make_checkpoint(np.random.default_rng(9), dim=192, heads=3, mlp=768,
-                                           layers=12, patch=16, grid=(2, 2), num_classes=4)
+                                           layers=12, patch=16, grid=(2, 2), num_classes=4,
+                                           representation=16)
     src = _save(tmp_path, params)
     out = str(tmp_path / "ti.keras")
-    assert convert_main([src, "--model", "ViT_Ti16", "--image-size", "48", "--output", out]) == 0
-    assert "4 classes" in capsys.readouterr().out
+    converted = keras_vit.convert_checkpoint(src, "ViT_Ti16", out, image_size=48)
+    assert converted.output_shape == (None, 4)  # the checkpoint's head and its pre-logits
     model = keras.saving.load_model(out)
     x = random_images(1, 48, 48)
     want = reference_vit.forward(params, x, heads=3)
     assert _rel_err(model(x).numpy(), want) < 2e-5
-    assert convert_main([src, "--model", "ViT_Ti16", "--output", str(tmp_path / "x.pt")]) == 2
-    assert os.path.exists(out)
+    with pytest.raises(ValueError, match="must end in .keras"):
+        keras_vit.convert_checkpoint(src, "ViT_Ti16", str(tmp_path / "x.pt"))
+    before = os.path.getmtime(out)
+    with pytest.raises(ValueError, match="already exists"):
+        keras_vit.convert_checkpoint(src, "ViT_Ti16", out)
+    assert os.path.getmtime(out) == before
 
 
 @pytest.mark.parametrize("representation", [None, 24])

@@ -1,0 +1,154 @@
+"""Operations on a built keras_vit model: another resolution, a new head, the variables that
+skip weight decay, and :func:`rebuild`, the one "edit the config, rebuild, copy the weights"
+step they (and :func:`keras_vit.inference_model`) share.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, List, Optional
+
+import keras
+import numpy as np
+
+from keras_vit.models import model_image_size
+from keras_vit.position_embeddings import resize_position_embeddings, to_pair
+
+# Name patterns of the weights that weight decay leaves alone (matched with ``re.search``
+# against variable names, as ``keras.optimizers.AdamW.exclude_from_weight_decay(var_names=)``
+# does): biases, LayerNorm / GroupNorm scales and offsets, position embeddings, class token.
+NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "pos_embedding", "^cls$"]
+
+# (source layer, its weights as numpy arrays) -> the copy's weights; None keeps the copy's
+# freshly initialised weights.
+WeightConverter = Callable[[keras.layers.Layer, List[np.ndarray]], Optional[List[np.ndarray]]]
+
+
+def rebuild(model: keras.Model, edit_layer_config: Callable[[dict], None] = None,
+            convert_weights: WeightConverter = None, name: Optional[str] = None) -> keras.Model:
+    """A new model from ``model``'s config with edits, its weights copied layer by layer.
+
+    Every layer of the copy must receive exactly the weights it has (same count, same
+    shapes); anything else raises a ``ValueError`` naming the layer, so a config edit and a
+    weight conversion that disagree can never truncate or misplace weights silently.
+
+    Args:
+        model: a functional keras_vit model.
+        edit_layer_config: called with each layer's ``config`` dict, edits it in place.
+        convert_weights: ``(source layer, numpy weights) -> weights for the copy``, or None
+            to keep the copy's fresh initialisation for that layer. Default: copy as they are.
+        name: the copy's name (default: the source's).
+
+    Returns:
+        The new ``keras.Model``.
+    """
+    config = model.get_config()
+    if name:
+        config["name"] = name
+    if edit_layer_config is not None:
+        for layer in config["layers"]:
+            edit_layer_config(layer["config"])
+    copy = keras.Model.from_config(config)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if convert_weights is not None:
+            weights = convert_weights(layer, weights)
+        if weights is not None:
+            _assign_layer(copy.get_layer(layer.name), weights, model.name)
+    return copy
+
+
+def _assign_layer(target: keras.layers.Layer, weights: List[np.ndarray], source: str) -> None:
+    if len(target.weights) != len(weights):
+        raise ValueError(f"rebuilding {source!r}: layer {target.name!r} has "
+                         f"{len(target.weights)} weights in the copy but {len(weights)} were "
+                         "given")
+    for variable, value in zip(target.weights, weights):
+        if tuple(variable.shape) != tuple(np.shape(value)):
+            raise ValueError(f"rebuilding {source!r}: {variable.path} has shape "
+                             f"{tuple(variable.shape)}, the value given has {np.shape(value)}")
+    for variable, value in zip(target.weights, weights):
+        variable.assign(value)  # numpy float32/64: cast to the copy's variable dtype
+
+
+def model_at_resolution(model: keras.Model, image_size) -> keras.Model:
+    """A copy of ``model`` built for ``image_size``: the paper's fine-tune-at-higher-resolution
+    step (section 3.2), position embeddings resized with the original aligned-corners
+    bilinear interpolation. The model itself already accepts other sizes at run time (same
+    numbers); a copy at the new size is what exports and fine-tuning at that size want.
+
+    Args:
+        model: a keras_vit model.
+        image_size: int or (height, width), a multiple of the patch size (times the ResNet
+            stride for hybrids).
+
+    Returns:
+        ``model`` itself when it is built for that size already, else the copy.
+    """
+    size = to_pair(image_size, "image_size")
+    if size == model_image_size(model):
+        return model
+    stride = model.get_layer("image_validation").multiple_of
+    if size[0] % stride or size[1] % stride:
+        raise ValueError(f"image_size {size} is not a multiple of {stride} (the patch size"
+                         f"{', times the ResNet stride' if stride != _patch(model) else ''})")
+    grid = [size[0] // stride, size[1] // stride]
+
+    def edit(config):
+        if config.get("name") == "posembed_input":
+            config["grid_size"] = grid
+
+    def convert(layer, weights):
+        if layer.name != "posembed_input":
+            return weights
+        return [resize_position_embeddings(value, grid, layer.num_prefix_tokens,
+                                           old_grid=layer.grid_size)
+                if variable is layer.pos_embedding else value
+                for variable, value in zip(layer.weights, weights)]
+
+    return rebuild(model, edit, convert)
+
+
+def _patch(model):
+    return model.get_layer("embedding").patch_size
+
+
+def with_new_head(model: keras.Model, num_classes: int) -> keras.Model:
+    """A copy of ``model`` with a fresh zero-initialised head of ``num_classes`` outputs
+    (the paper's transfer step, section 3.1); every other weight is copied.
+
+    Args:
+        model: a keras_vit model with a head (``include_top=True``).
+        num_classes: the new class count.
+
+    Returns:
+        The copy.
+    """
+    if "head" not in {layer.name for layer in model.layers}:
+        raise ValueError(f"model {model.name!r} has no head (built with include_top=False)")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+
+    def edit(config):
+        if config.get("name") == "head":
+            config["units"] = int(num_classes)
+            config["kernel_initializer"] = "zeros"
+            config["bias_initializer"] = "zeros"
+
+    return rebuild(model, edit, lambda layer, w: None if layer.name == "head" else w)
+
+
+def no_weight_decay_variables(model: keras.Model) -> list:
+    """The trainable variables of ``model`` that weight decay leaves alone (biases, norms,
+    position embeddings, class token): those matching :data:`NO_WEIGHT_DECAY`.
+
+    For ``keras.optimizers.AdamW`` pass the patterns:
+    ``optimizer.exclude_from_weight_decay(var_names=keras_vit.NO_WEIGHT_DECAY)``.
+
+    Args:
+        model: a keras_vit model.
+
+    Returns:
+        A list of ``keras.Variable``.
+    """
+    return [v for v in model.trainable_variables
+            if any(re.search(pattern, v.name) for pattern in NO_WEIGHT_DECAY)]
