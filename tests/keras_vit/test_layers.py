@@ -30,16 +30,37 @@ def test_patch_encoder_weights_and_initialisation():
     assert 0.015 < std < 0.025  # normal(stddev=0.02)
 
 
-def test_patch_encoder_interpolates_for_other_grids():
-    layer = PatchEncoder(grid_size=(2, 2), hidden_size=4, num_prefix_tokens=0)
-    layer.build((None, 2, 2, 4))
-    layer.pos_embedding.assign(np.arange(16, dtype=np.float32).reshape(1, 4, 4))
-    out = layer(np.zeros((1, 3, 3, 4), np.float32)).numpy()
-    grid = out.reshape(3, 3, 4)
-    # Aligned corners: corners kept, centre is the mean of the four.
-    np.testing.assert_allclose(grid[0, 0], [0, 1, 2, 3])
-    np.testing.assert_allclose(grid[2, 2], [12, 13, 14, 15])
-    np.testing.assert_allclose(grid[1, 1], [6, 7, 8, 9])
+def _aligned_corners_bilinear(grid, out_h, out_w):
+    """Bilinear resize of an (h, w, D) grid with aligned corners (scipy.ndimage.zoom order 1)."""
+    h, w = grid.shape[:2]
+    ys, xs = np.linspace(0, h - 1, out_h), np.linspace(0, w - 1, out_w)
+    out = np.empty((out_h, out_w, grid.shape[2]))
+    for i, y in enumerate(ys):
+        y0 = min(int(np.floor(y)), h - 2)
+        for j, x in enumerate(xs):
+            x0 = min(int(np.floor(x)), w - 2)
+            dy, dx = y - y0, x - x0
+            out[i, j] = ((1 - dy) * (1 - dx) * grid[y0, x0] + (1 - dy) * dx * grid[y0, x0 + 1]
+                         + dy * (1 - dx) * grid[y0 + 1, x0] + dy * dx * grid[y0 + 1, x0 + 1])
+    return out
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_patch_encoder_interpolates_with_aligned_corners(prefix):
+    """3x4 grid -> 5x7 at run time: every value as aligned-corners bilinear gives it (a
+    half-pixel resize, tf.image.resize's default, differs inside the grid)."""
+    layer = PatchEncoder(grid_size=(3, 4), hidden_size=2, num_prefix_tokens=prefix)
+    layer.build((None, 3, 4, 2))
+    pos = np.random.default_rng(0).normal(size=(1, prefix + 12, 2)).astype(np.float32)
+    layer.pos_embedding.assign(pos)
+    out = layer(np.zeros((1, 5, 7, 2), np.float32)).numpy()
+    assert out.shape == (1, prefix + 35, 2)
+    want = _aligned_corners_bilinear(pos[0, prefix:].reshape(3, 4, 2).astype(np.float64), 5, 7)
+    np.testing.assert_allclose(out[0, prefix:].reshape(5, 7, 2), want, rtol=1e-5, atol=1e-6)
+    if prefix:
+        np.testing.assert_array_equal(out[0, 0], pos[0, 0])  # class token's embedding kept
+    half_pixel = tf.image.resize(pos[:, prefix:].reshape(1, 3, 4, 2), (5, 7)).numpy()
+    assert np.abs(half_pixel[0] - want).max() > 0.05  # the test tells the two apart
 
 
 def _block_reference(x, block):
@@ -84,19 +105,62 @@ def test_transformer_block_dropout_and_drop_path_only_in_training():
     assert not np.allclose(block(x, training=True).numpy(), block(x).numpy())
 
 
+@pytest.mark.parametrize("kept_branch", ["attention", "mlp"])
+def test_drop_path_drops_whole_examples_and_rescales_by_keep(kept_branch):
+    """Stochastic depth: per example, a residual branch is either dropped entirely or kept
+    and scaled by 1/keep. The other branch is zeroed so each example shows one of the two."""
+    rate = 0.25
+    block = TransformerBlock(num_heads=2, mlp_size=16, drop_path_rate=rate)
+    x = np.random.default_rng(0).normal(size=(512, 3, 8)).astype(np.float32)
+    block(x)
+    rng = np.random.default_rng(1)
+    zeroed = ("mlp2_kernel", "mlp2_bias") if kept_branch == "attention" else \
+        ("out_kernel", "out_bias")
+    for v in block.weights:
+        name = v.path.split("/")[-1]
+        v.assign(np.zeros(v.shape) if name in zeroed else rng.normal(0, 0.5, v.shape))
+    branch = block(x, training=False).numpy() - x          # the kept branch, unscaled
+    delta = block(x, training=True).numpy() - x
+    dropped = np.all(np.abs(delta) < 1e-6, axis=(1, 2))
+    scaled = np.all(np.isclose(delta, branch / (1 - rate), rtol=1e-4, atol=1e-5), axis=(1, 2))
+    assert np.all(dropped ^ scaled)  # every example: all its tokens dropped, or all kept
+    assert 0.69 < scaled.mean() < 0.81  # kept with probability 1 - rate (3 sigma)
+
+
+def test_drop_path_rate_grows_linearly_with_depth():
+    import keras_vit
+    model = keras_vit.ViT(image_size=32, drop_path_rate=0.3, patch_size=8, hidden_size=16,
+                          mlp_size=16, num_heads=2, num_layers=4)
+    rates = [model.get_layer(f"encoderblock_{i}").drop_path_rate for i in range(4)]
+    np.testing.assert_allclose(rates, [0.0, 0.1, 0.2, 0.3])
+
+
 def test_transformer_block_rejects_bad_width():
     with pytest.raises(ValueError, match="divisible by num_heads=3"):
         TransformerBlock(num_heads=3, mlp_size=8)(np.zeros((1, 2, 8), np.float32))
 
 
-def test_std_conv_standardises_the_kernel():
+def test_std_conv_matches_the_weight_standardisation_formula():
+    """``(w - mean) / (std + 1e-5)`` per output channel over H, W, C_in (population std),
+    then a SAME convolution; the stored kernel stays raw. A small kernel makes the epsilon's
+    place matter (``sqrt(var + eps)`` would be 3x off)."""
     conv = StdConv2D(4, 3, padding="same", use_bias=False)
-    x = np.random.default_rng(0).normal(size=(1, 5, 5, 2)).astype(np.float32)
-    conv(x)
-    conv.kernel.assign(conv.kernel * 7.0 + 3.0)  # affine change of the raw kernel
-    out1 = conv(x).numpy()
-    conv.kernel.assign((conv.kernel - 3.0) / 7.0)
-    np.testing.assert_allclose(out1, conv(x).numpy(), rtol=1e-3, atol=1e-3)
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 2))
+    conv(x.astype(np.float32))
+    raw = np.random.default_rng(1).normal(0.3, 1e-3, (3, 3, 2, 4)).astype(np.float32)
+    conv.kernel.assign(raw)
+    raw = raw.astype(np.float64)
+    mean = raw.mean(axis=(0, 1, 2))
+    std = raw.std(axis=(0, 1, 2))  # population std
+    w = (raw - mean) / (std + 1e-5)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = np.zeros((2, 5, 5, 4))
+    for i in range(5):
+        for j in range(5):
+            want[:, i, j] = np.einsum("bhwc,hwco->bo", padded[:, i:i + 3, j:j + 3], w)
+    got = conv(x.astype(np.float32)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(conv.kernel.numpy(), raw, rtol=1e-6)  # stored raw
 
 
 def test_resnet_unit_shapes():
