@@ -52,8 +52,35 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
     With ``include_top`` it returns float32 logits (batch, num_classes); without, the pooled
     features (after the final LayerNorm and the pre-logits layer if any).
 
-    ``weights``: None, an original ``.npz`` checkpoint path, a ``.keras`` / ``.weights.h5``
-    file, or (via the named builders such as :func:`ViT_B16`) a published checkpoint name.
+    Args:
+        image_size: int or (height, width) the position embeddings are learned for; a
+            multiple of ``patch_size`` (times the ResNet stride for hybrids).
+        patch_size: side of the square patches (1 for hybrids: the ResNet's feature map).
+        hidden_size: token width D.
+        mlp_size: hidden width of each block's MLP.
+        num_heads: attention heads (must divide ``hidden_size``).
+        num_layers: Transformer blocks.
+        resnet_stages: units per BiT ResNet v2 stage, e.g. (3, 4, 9); None: a plain ViT.
+        resnet_width: width multiplier of the ResNet.
+        num_classes: outputs of the head.
+        include_top: False: no head; the model returns the pooled features.
+        weights: None, an original ``.npz`` checkpoint path, a ``.keras`` / ``.weights.h5``
+            file, or (via the named builders such as :func:`ViT_B16`) a published checkpoint
+            name. ``.npz`` files load with :func:`keras_vit.load_pretrained`.
+        classifier: ``"token"`` (class token) or ``"gap"`` (mean of the tokens, no class token).
+        representation_size: width of a pre-logits ``Dense + tanh`` layer; None: none.
+        include_preprocessing: the model rescales [0, 255] pixels to [-1, 1] itself.
+        dropout_rate: dropout after the position embeddings and the dense layers.
+        attention_dropout_rate: dropout on the attention probabilities.
+        drop_path_rate: stochastic depth of the last block; it grows linearly from 0 at the
+            first block.
+        channels: input channels.
+        dtype: a dtype policy for the model's layers (default: the global policy); the head
+            is float32 under every policy.
+        name: the model's name.
+
+    Returns:
+        A ``keras.Model``.
 
     Example:
     >>> model = ViT(image_size=32, patch_size=8, hidden_size=64, mlp_size=128, num_heads=4,
@@ -166,7 +193,14 @@ R50_ViT_L32 = _named_builder("R50_ViT_L32")
 
 
 def model_image_size(model: keras.Model):
-    """The (height, width) a keras_vit model was built for (its position-embedding grid)."""
+    """The (height, width) a keras_vit model was built for (its position-embedding grid).
+
+    Args:
+        model: a keras_vit model.
+
+    Returns:
+        A (height, width) tuple of ints.
+    """
     encoder = model.get_layer("posembed_input")
     stride = model.get_layer("image_validation").multiple_of
     return (encoder.grid_size[0] * stride, encoder.grid_size[1] * stride)

@@ -48,6 +48,15 @@ def resize_position_embeddings(posemb: np.ndarray, new_grid: Grid, num_prefix_to
     The ``num_prefix_tokens`` leading embeddings (the class token's) are kept unchanged; the
     rest is reshaped to its 2-D grid (``old_grid``, inferred as square when not given),
     resized bilinearly with aligned corners and flattened row-major again.
+
+    Args:
+        posemb: numpy array of shape (1, prefix + h*w, D).
+        new_grid: int or (height, width) of the new grid.
+        num_prefix_tokens: leading embeddings that are not on the grid (1: class token).
+        old_grid: (h, w) of the current grid; inferred as square when None.
+
+    Returns:
+        A numpy array of shape (1, prefix + h'*w', D) and ``posemb``'s dtype.
     """
     posemb = np.asarray(posemb)
     if posemb.ndim != 3 or posemb.shape[0] != 1:

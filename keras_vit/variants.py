@@ -10,7 +10,18 @@ from typing import Optional, Tuple
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
-    """Architecture hyper-parameters of one ViT (or ResNet+ViT hybrid) variant."""
+    """Architecture hyper-parameters of one ViT (or ResNet+ViT hybrid) variant.
+
+    Args:
+        patch_size: patch side (1 for the hybrids, which embed the ResNet's feature map).
+        hidden_size: token width D.
+        mlp_size: MLP hidden width.
+        num_heads: attention heads.
+        num_layers: Transformer blocks.
+        resnet_stages: BiT ResNet v2 units per stage (hybrids), else None.
+        resnet_width: ResNet width multiplier.
+        checkpoint_name: file name stem in the original release ("ViT-B_16").
+    """
 
     patch_size: int
     hidden_size: int

@@ -19,6 +19,13 @@ class PatchEncoder(keras.layers.Layer):
     resolution) is served by resizing them inside the graph with aligned-corners bilinear
     interpolation, the original fine-tuning semantics (paper section 3.2), so a model built
     at 224 accepts 384 or 320x256 images. The same grid takes the plain path, bit for bit.
+
+    Args:
+        grid_size: int or (h, w): the patch grid the embeddings are learned for.
+        hidden_size: token width D.
+        num_prefix_tokens: 1 (a class token) or 0 (the "gap" classifier).
+        dropout_rate: dropout after adding the position embeddings.
+        **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, grid_size, hidden_size: int, num_prefix_tokens: int = 1,

@@ -17,6 +17,11 @@ class Patches(keras.layers.Layer):
     row-major order, kept on its 2-D grid so that :class:`PatchEncoder` knows the layout
     (``tf.reshape(out, (batch, -1, D))`` gives the flat sequence).
 
+    Args:
+        patch_size: side p of the square patches (kernel = stride = p).
+        hidden_size: token width D.
+        **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
+
     Example:
     >>> import numpy as np
     >>> Patches(patch_size=16, hidden_size=192)(np.zeros((2, 224, 224, 3))).shape

@@ -9,7 +9,12 @@ CLASSIFIERS = ("token", "gap")
 
 @keras.saving.register_keras_serializable(package="keras_vit")
 class TokenPooling(keras.layers.Layer):
-    """``"token"``: the class token's output (token 0); ``"gap"``: the mean of all tokens."""
+    """``"token"``: the class token's output (token 0); ``"gap"``: the mean of all tokens.
+
+    Args:
+        classifier: ``"token"`` or ``"gap"``.
+        **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
+    """
 
     def __init__(self, classifier: str = "token", **kwargs):
         super().__init__(**kwargs)

@@ -17,7 +17,10 @@ class StdConv2D(keras.layers.Conv2D):
     """Conv2D whose kernel is standardised at every call: ``(w - mean) / (std + 1e-5)``.
 
     Mean and (population) std are taken over height, width and input channels, per output
-    channel, in float32.
+    channel, in float32. The kernel variable keeps the raw (checkpoint) values.
+
+    Args:
+        Those of ``keras.layers.Conv2D``.
     """
 
     def convolution_op(self, inputs, kernel):
@@ -41,6 +44,12 @@ class ResNetUnit(keras.layers.Layer):
     the stride) and 1x1 convolutions; ``features`` is the bottleneck width and the output has
     ``4 * features`` channels. The first unit of a stage projects the residual with a strided
     1x1 conv + GroupNorm (``use_projection``).
+
+    Args:
+        features: bottleneck width (the output has 4x as many channels).
+        strides: stride of the 3x3 conv (and of the projection).
+        use_projection: project the residual (first unit of a stage).
+        **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, features: int, strides: int = 1, use_projection: bool = False, **kwargs):

@@ -94,6 +94,17 @@ class TransformerBlock(keras.layers.Layer):
     LayerNorm; the block then has no LayerNorm weights and is not meant for training.
 
     Input and output: (batch, tokens, D).
+
+    Args:
+        num_heads: attention heads (must divide D).
+        mlp_size: hidden width of the MLP.
+        dropout_rate: dropout after the attention output and each MLP dense layer.
+        attention_dropout_rate: dropout on the attention probabilities.
+        drop_path_rate: probability of dropping each residual branch per example (stochastic
+            depth; kept branches are scaled by 1 / (1 - rate)).
+        layer_norm_epsilon: 1e-6 as in the original.
+        folded: the inference form without LayerNorm weights (see above).
+        **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, num_heads: int, mlp_size: int, dropout_rate: float = 0.0,

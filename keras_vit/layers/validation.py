@@ -13,6 +13,11 @@ class ImageValidation(keras.layers.Layer):
     the ResNet's stride times the patch size) and at least one multiple. Statically known
     shapes fail at once with a ``ValueError``; sizes known only at run time fail in the graph
     with an ``InvalidArgumentError`` carrying the same message.
+
+    Args:
+        multiple_of: height and width must be positive multiples of it.
+        channels: expected channel count.
+        **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, multiple_of: int, channels: int = 3, **kwargs):
