@@ -157,19 +157,6 @@ def test_bombs_are_refused_from_the_header_and_the_server_keeps_serving(served, 
     assert results["photo"]["rows"] == 2 and results["after"]["rows"] == 2
 
 
-def test_gif_is_decoded_to_its_first_frame_only(served):
-    from keras_vit.preprocessing import decode_image
-    frames = [Image.fromarray(sample_image(30, 40, seed)) for seed in range(3)]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
-    data = buffer.getvalue()
-    want = tf.io.decode_gif(data)[0]
-    np.testing.assert_array_equal(decode_image(tf.constant(data)), want)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="corrupt or truncated GIF"):
-        first = data.index(b"\x2c\x00\x00\x00\x00" + struct.pack("<HH", 40, 30))
-        decode_image(tf.constant(data[:first + 30]))  # cut inside the first frame
-
-
 def test_max_pixels_is_an_export_option(served, tmp_path):
     model, _ = served
     path = export_saved_model(model, str(tmp_path / "m"), name="small", max_pixels=1600)
