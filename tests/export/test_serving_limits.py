@@ -137,12 +137,14 @@ def test_bombs_are_refused_from_the_header_and_the_server_keeps_serving(served, 
     webp, png, jpeg = (write("bomb.webp", webp_bomb()), write("bomb.png", png_bomb()),
                        write("bomb.jpg", jpeg_bomb()))
     gif = write("frames.gif", gif_frames_bomb())
+    at_limit = write("limit.png", png_bomb(5000, 5000))  # 25,000,000 pixels: served
     results = serve_requests(version, [
         ("normal", [normal]), ("webp", [webp]), ("png", [png]), ("jpeg", [jpeg]),
         ("several", [normal, png, jpeg, png, webp]), ("gif", [gif]),
-        ("photo", [photo, normal]), ("after", [normal, normal])])
+        ("photo", [photo, normal]), ("at_limit", [at_limit, at_limit]),
+        ("after", [normal, normal])])
     baseline = results["normal"]["peak_after_mb"]
-    for name in ("webp", "png", "jpeg", "several", "gif", "photo", "after"):
+    for name in ("webp", "png", "jpeg", "several", "gif", "photo", "at_limit", "after"):
         grew = results[name]["peak_after_mb"] - baseline
         assert grew < BOMB_BUDGET_MB, (name, grew, results[name])
     assert "image 0: unsupported image format (allowed: JPEG, PNG, GIF, BMP)" in \
@@ -155,6 +157,7 @@ def test_bombs_are_refused_from_the_header_and_the_server_keeps_serving(served, 
         results["several"]["error"]  # the first bad image of the request, by its index
     assert results["gif"] == {**results["gif"], "rows": 1}  # first frame only
     assert results["photo"]["rows"] == 2 and results["after"]["rows"] == 2
+    assert results["at_limit"]["rows"] == 2  # decoded one after the other
 
 
 def test_max_pixels_is_an_export_option(served, tmp_path):
