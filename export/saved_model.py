@@ -21,7 +21,8 @@ logger = logging.getLogger("keras_vit.export")
 
 
 class ExportError(RuntimeError):
-    """The export could not be written; nothing was left behind."""
+    """The export failed. Nothing was left behind, unless the message says the version was
+    written (when only models.config could not be updated)."""
 
 
 def model_at_resolution(model: keras.Model, image_size) -> keras.Model:
