@@ -81,6 +81,8 @@ def _post(url: str, body: bytes, timeout: float, max_bytes: int):
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = kind(parts.hostname, parts.port, timeout=timeout)
     try:
+        connection.connect()
+        connection.sock.settimeout(max(deadline - time.monotonic(), 0.001))
         connection.request("POST", parts.path + (f"?{parts.query}" if parts.query else ""),
                            body=body, headers={"Content-Type": "application/json"})
         sock = connection.sock  # getresponse() forgets it when the server will close
