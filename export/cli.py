@@ -6,11 +6,22 @@ import os
 import sys
 
 
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def add_export_arguments(parser):
     parser.add_argument("model", nargs="?", help="a .keras model or a training run directory")
     parser.add_argument("--output", default="models", help="base directory (default: models)")
     parser.add_argument("--name", default=None, help="model name (default: the model's)")
-    parser.add_argument("--version", type=int, default=None)
+    parser.add_argument("--version", type=positive_int, default=None,
+                        help="version number, a positive integer (default: the next free one)")
     parser.add_argument("--image-size", type=int, nargs="+", default=None,
                         help="export at another resolution (position embeddings resized)")
     parser.add_argument("--labels", default=None, help="labels file, one class name a line")
@@ -21,6 +32,10 @@ def add_export_arguments(parser):
                              "attention scale folded (see README, Performance)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="dtype the exported weights are stored and computed in")
+    parser.add_argument("--max-pixels", type=positive_int, default=None,
+                        help="largest encoded image (width x height, read from its header) "
+                             "the server decodes (default: keras_vit.preprocessing."
+                             "DEFAULT_MAX_PIXELS, 25 million)")
     parser.add_argument("--verify", metavar="VERSION_DIR", default=None,
                         help="verify an exported version (with MODEL: compare outputs)")
 
@@ -57,17 +72,37 @@ def _find_model_for(version_dir):
     return run_dir if os.path.exists(os.path.join(run_dir, "model.keras")) else None
 
 
+def _model_to_compare(args):
+    """(model or None, a line saying what the outputs were compared with).
+
+    MODEL when given (the verification fails if the export came from another model);
+    otherwise the run directory's model.keras around the version, only if it is the model
+    the version was exported from (its weights fingerprint is recorded in the export).
+    """
+    from export.saved_model import model_fingerprint, read_export_info
+
+    if args.model:
+        return _resolve_model(args.model)[0], f"outputs compared with {args.model}"
+    source = _find_model_for(args.verify)
+    if source is None:
+        return None, "no Keras model given: outputs not compared; pass MODEL"
+    model = _resolve_model(source)[0]
+    recorded = read_export_info(args.verify).get("source", {}).get("weights_sha256")
+    if recorded != model_fingerprint(model):
+        return None, (f"the model in {source} is not the one this version was exported from: "
+                      "outputs not compared; pass MODEL")
+    return model, f"outputs compared with the model in {source} (its source)"
+
+
 def run_export(args) -> int:
     from export.saved_model import export_saved_model, read_labels
     from export.verify import format_report, verify_export
 
     if args.verify:
-        source = args.model or _find_model_for(args.verify)
-        model = _resolve_model(source)[0] if source else None
+        model, note = _model_to_compare(args)
         report = verify_export(args.verify, model=model)
         print(format_report(args.verify, report))
-        if model is None:
-            print("  (no Keras model given: outputs not compared; pass MODEL)")
+        print(f"  ({note})")
         return 0 if report["ok"] else 1
     if not args.model:
         raise ValueError("give a .keras model or a run directory to export (or --verify DIR)")
@@ -80,7 +115,9 @@ def run_export(args) -> int:
     path = export_saved_model(model, args.output, name=args.name or model.name,
                               version=args.version, image_size=size, labels=labels,
                               top_k=args.top_k, overwrite=args.overwrite,
-                              frozen=args.frozen, precision=args.precision)
+                              frozen=args.frozen, precision=args.precision,
+                              **({} if args.max_pixels is None
+                                 else {"max_pixels": args.max_pixels}))
     print(f"exported {path}")
     return 0
 

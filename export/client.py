@@ -1,87 +1,179 @@
-"""Clients for a served model: TF Serving REST and gRPC, and a local SavedModel."""
+"""Clients for a served model: TF Serving REST and gRPC, and a local SavedModel.
+
+A server is not trusted to answer well: every call has a total deadline (not a per-read
+timeout), a bound on the answer's size, and the answer's shape is checked (one row of
+classes and scores per image) before anything is returned; anything else is a one-line
+:class:`ServingError`.
+"""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
-import urllib.error
-import urllib.request
+import time
+import urllib.parse
 from typing import List, Sequence
+
+from export.signatures import DEFAULT_SIGNATURE, find_signature
+
+DEFAULT_TIMEOUT = 30.0  # seconds for the whole call
+MAX_RESPONSE_BYTES = 64 * 2 ** 20
 
 
 class ServingError(RuntimeError):
-    """The server could not be reached or answered with an error."""
+    """The server could not be reached, answered with an error, or answered nonsense."""
 
 
-def _rows(outputs: dict) -> List[dict]:
-    """Column-format outputs -> one dict per image (classes, scores, labels)."""
+def _one_line(text, limit=200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _rows(outputs, count: int, source: str) -> List[dict]:
+    """Column-format outputs -> one dict per image (classes, scores, labels), checked."""
+    if not isinstance(outputs, dict) or "classes" not in outputs or "scores" not in outputs:
+        raise ServingError(f"unexpected answer from {source}: no 'classes' and 'scores' "
+                           f"({_one_line(outputs)})")
+    columns = {k: outputs[k] for k in ("classes", "scores", "labels") if k in outputs}
+    for key, column in columns.items():
+        if len(column) != count:
+            raise ServingError(f"unexpected answer from {source}: {len(column)} rows of "
+                               f"{key!r} for {count} images")
     rows = []
-    for i in range(len(outputs["classes"])):
-        row = {"classes": [int(c) for c in outputs["classes"][i]],
-               "scores": [float(s) for s in outputs["scores"][i]]}
-        if "labels" in outputs:
-            row["labels"] = [lab.decode() if isinstance(lab, bytes) else str(lab)
-                             for lab in outputs["labels"][i]]
-        rows.append(row)
+    try:
+        for i in range(count):
+            row = {"classes": [int(c) for c in columns["classes"][i]],
+                   "scores": [float(s) for s in columns["scores"][i]]}
+            if "labels" in columns:
+                row["labels"] = [lab.decode() if isinstance(lab, bytes) else str(lab)
+                                 for lab in columns["labels"][i]]
+            if len({len(v) for v in row.values()}) != 1:
+                raise ValueError(f"row {i} has classes, scores and labels of different lengths")
+            rows.append(row)
+    except (TypeError, ValueError, AttributeError, UnicodeDecodeError) as error:
+        raise ServingError(f"unexpected answer from {source}: {_one_line(error)}") from None
     return rows
 
 
+def _deadline_read(sock, response, deadline: float, max_bytes: int, source: str) -> bytes:
+    """The response body, read against the call's ``deadline`` (time.monotonic())."""
+    chunks, size = [], 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServingError(f"no complete answer from {source} within the deadline")
+        sock.settimeout(remaining)
+        chunk = response.read1(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise ServingError(f"answer from {source} is over {max_bytes} bytes")
+        chunks.append(chunk)
+
+
+def _post(url: str, body: bytes, timeout: float, max_bytes: int):
+    """(status, body bytes) of a JSON POST, all of it within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ServingError(f"not an http(s) URL: {url}")
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.connect()
+        connection.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        connection.request("POST", parts.path + (f"?{parts.query}" if parts.query else ""),
+                           body=body, headers={"Content-Type": "application/json"})
+        sock = connection.sock  # getresponse() forgets it when the server will close
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        response = connection.getresponse()
+        return response.status, _deadline_read(sock, response, deadline, max_bytes, url)
+    except TimeoutError:
+        raise ServingError(f"no complete answer from {url} within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as error:
+        raise ServingError(f"cannot reach {url}: {_one_line(error) or type(error).__name__}") \
+            from None
+    finally:
+        connection.close()
+
+
+def _error_detail(payload) -> str:
+    if isinstance(payload, dict) and "error" in payload:
+        return _one_line(payload["error"])
+    return _one_line(payload)
+
+
 def predict_rest(url: str, images: Sequence[bytes], model: str = "vit",
-                 signature: str = "serving_default", timeout: float = 30.0) -> List[dict]:
+                 signature: str = DEFAULT_SIGNATURE.name,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> List[dict]:
     """POST ``{"instances": [{"b64": ...}]}`` to ``URL/v1/models/MODEL:predict``.
 
     ``url`` is the server's REST address (``http://localhost:8501``) or a full ``:predict``
-    URL.
+    URL. ``timeout`` bounds the whole call; an answer over ``max_response_bytes`` is refused.
     """
+    if not find_signature(signature).encoded:
+        raise ValueError(f"predict_rest sends image bytes; {signature!r} takes pixels")
     endpoint = url if url.endswith(":predict") else \
         f"{url.rstrip('/')}/v1/models/{model}:predict"
     body = json.dumps({"signature_name": signature,
                        "instances": [{"b64": base64.b64encode(b).decode()} for b in images]})
-    request = urllib.request.Request(endpoint, data=body.encode(),
-                                     headers={"Content-Type": "application/json"})
+    status, data = _post(endpoint, body.encode(), timeout, max_response_bytes)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            payload = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        detail = error.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail).get("error", detail)
-        except ValueError:
-            pass
-        raise ServingError(f"server error {error.code} from {endpoint}: {detail}") from None
-    except (urllib.error.URLError, OSError) as error:
-        raise ServingError(f"cannot reach {endpoint}: {getattr(error, 'reason', error)}") \
-            from None
-    predictions = payload.get("predictions")
-    if predictions is None:
-        raise ServingError(f"unexpected answer from {endpoint}: {str(payload)[:200]}")
-    columns = {k: [p[k] for p in predictions] for k in predictions[0]}
-    return _rows(columns)
+        payload = json.loads(data)
+    except ValueError:
+        payload = None
+    if status != 200:
+        detail = _error_detail(payload if payload is not None
+                               else data.decode(errors="replace"))
+        raise ServingError(f"server error {status} from {endpoint}: {detail}")
+    if not isinstance(payload, dict) or not isinstance(payload.get("predictions"), list):
+        raise ServingError(f"unexpected answer from {endpoint}: "
+                           f"{_one_line(data.decode(errors='replace'))}")
+    predictions = payload["predictions"]
+    if len(predictions) != len(images) or not all(isinstance(p, dict) for p in predictions):
+        raise ServingError(f"unexpected answer from {endpoint}: {len(predictions)} predictions "
+                           f"for {len(images)} images")
+    columns = {k: [p.get(k) for p in predictions] for k in ("classes", "scores", "labels")
+               if all(k in p for p in predictions)}
+    return _rows(columns, len(images), endpoint)
 
 
 def predict_grpc(address: str, images: Sequence[bytes], model: str = "vit",
-                 signature: str = "serving_default", timeout: float = 30.0) -> List[dict]:
-    """``PredictionService.Predict`` at ``host:port`` (TF Serving's gRPC port, 8500)."""
+                 signature: str = DEFAULT_SIGNATURE.name,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> List[dict]:
+    """``PredictionService.Predict`` at ``host:port`` (TF Serving's gRPC port, 8500);
+    ``timeout`` is the call's deadline."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+    sig = find_signature(signature)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
-    with grpc.insecure_channel(address) as channel:
+    request.model_spec.signature_name = sig.name
+    request.inputs[sig.input_key].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
+    options = [("grpc.max_receive_message_length", max_response_bytes)]
+    with grpc.insecure_channel(address, options=options) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         try:
             response = stub.Predict(request, timeout=timeout)
         except grpc.RpcError as error:
-            raise ServingError(f"gRPC {error.code().name} from {address}: {error.details()}") \
-                from None
-    return _rows({k: tf.make_ndarray(v) for k, v in response.outputs.items()})
+            raise ServingError(f"gRPC {error.code().name} from {address}: "
+                               f"{_one_line(error.details())}") from None
+    try:
+        outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+    except Exception as error:  # a malformed TensorProto
+        raise ServingError(f"unexpected answer from {address}: {_one_line(error)}") from None
+    return _rows(outputs, len(images), address)
 
 
 def predict_saved_model(version_dir: str, images: Sequence[bytes]) -> List[dict]:
     """Runs the export's ``serving_default`` locally (no server)."""
     import tensorflow as tf
     loaded = tf.saved_model.load(version_dir)
-    outputs = loaded.signatures["serving_default"](image_bytes=tf.constant(list(images)))
-    return _rows({k: v.numpy() for k, v in outputs.items()})
+    outputs = loaded.signatures[DEFAULT_SIGNATURE.name](
+        **{DEFAULT_SIGNATURE.input_key: tf.constant(list(images))})
+    return _rows({k: v.numpy() for k, v in outputs.items()}, len(images), version_dir)

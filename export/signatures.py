@@ -1,26 +1,68 @@
-"""The serving functions: encoded bytes or raw pixels in, named probabilities / top-k out.
+"""The signature table and the serving functions it describes.
 
-Both feed :func:`keras_vit.preprocess_image` (the training pipeline's own preprocessing)
-and the model; the model's first layer does the [0, 255] -> [-1, 1] scaling.
+:data:`SIGNATURES` is the one description of what the export serves: the writer builds its
+endpoints from it, the verification checks a loaded version against it and the clients
+take their input keys from it. Both serving functions feed :func:`keras_vit.preprocess_image`
+(the training pipeline's own preprocessing) and the model; the model's first layer does the
+[0, 255] -> [-1, 1] scaling.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from keras_vit import preprocess_image
+from keras_vit.preprocessing import DEFAULT_MAX_PIXELS
 
-BYTES_INPUT = "image_bytes"
-IMAGES_INPUT = "images"
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One served signature: its key, its single input, and how that input is decoded."""
+    name: str
+    input_key: str
+    dtype: str  # a tf.dtypes name
+    shape: Tuple[int, ...]  # -1: any size
+    encoded: bool  # image bytes (decoded in the graph) rather than pixels
+
+    def spec(self) -> tf.TensorSpec:
+        return tf.TensorSpec([None if d == -1 else d for d in self.shape],
+                             tf.dtypes.as_dtype(self.dtype), name=self.input_key)
+
+
+SIGNATURES = (
+    Signature("serving_default", "image_bytes", "string", (-1,), encoded=True),
+    Signature("serving_images", "images", "float32", (-1, -1, -1, 3), encoded=False),
+)
+DEFAULT_SIGNATURE = SIGNATURES[0]
+# Outputs of every signature: name -> (dtype, shape); "K": the model's class count, "k":
+# the export's top-k. "labels" only when class names are known.
+OUTPUTS = {"probabilities": ("float32", (-1, "K")), "scores": ("float32", (-1, "k")),
+           "classes": ("int32", (-1, "k"))}
+OPTIONAL_OUTPUTS = {"labels": ("string", (-1, "k"))}
+
+
+def find_signature(name: str) -> Signature:
+    for sig in SIGNATURES:
+        if sig.name == name:
+            return sig
+    raise ValueError(f"unknown signature {name!r} (known: "
+                     f"{', '.join(s.name for s in SIGNATURES)})")
 
 
 def make_serving_functions(logits_fn, num_classes: int, image_size,
-                           labels: Optional[Sequence[str]], top_k: int):
-    """(serve_bytes, serve_images): plain functions for ExportArchive.
+                           labels: Optional[Sequence[str]], top_k: int,
+                           max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """``{signature name: function}`` for ExportArchive, one per :data:`SIGNATURES` entry.
 
     ``logits_fn`` maps a float32 batch (batch, height, width, 3) of [0, 255] pixels to
     logits: the Keras model itself, or its frozen graph (:mod:`export.frozen`).
+    ``max_pixels`` bounds each encoded image (checked from its header before decoding).
+    The images of a request are decoded one at a time, so its decoding memory is that of
+    its largest image; a bad image fails the whole request with a message naming its index.
     """
     height, width = image_size
     k = min(top_k, num_classes)
@@ -28,7 +70,10 @@ def make_serving_functions(logits_fn, num_classes: int, image_size,
     pixels = tf.TensorSpec((height, width, 3), tf.float32)
 
     def outputs(images):
-        logits = tf.cast(logits_fn(images), tf.float32)
+        # An empty batch gets empty outputs: the model runs on one blank image, cut away.
+        count = tf.shape(images)[0]
+        padded = tf.concat([images, tf.zeros([tf.maximum(1 - count, 0), height, width, 3])], 0)
+        logits = tf.cast(logits_fn(padded), tf.float32)[:count]
         probabilities = tf.nn.softmax(logits, axis=-1)
         scores, classes = tf.math.top_k(probabilities, k=k)
         result = {"probabilities": probabilities, "scores": scores,
@@ -37,20 +82,19 @@ def make_serving_functions(logits_fn, num_classes: int, image_size,
             result["labels"] = tf.gather(label_table, classes)
         return result
 
-    def serve_bytes(image_bytes):
-        images = tf.map_fn(lambda b: preprocess_image(b, (height, width)), image_bytes,
-                           fn_output_signature=pixels)
-        return outputs(images)
+    def preprocess_batch(batch, parallel_iterations):
+        indices = tf.range(tf.shape(batch)[0])
+        return tf.map_fn(
+            lambda item: preprocess_image(item[1], (height, width), max_pixels=max_pixels,
+                                          index=item[0]),
+            (indices, batch), fn_output_signature=pixels,
+            parallel_iterations=parallel_iterations)
 
-    def serve_images(images):
-        images = tf.map_fn(lambda im: preprocess_image(im, (height, width)), images,
-                           fn_output_signature=pixels)
-        return outputs(images)
+    def make(sig):
+        def serve(inputs):
+            # Decoding is what costs memory: one image at a time. Pixels resize in parallel.
+            return outputs(preprocess_batch(inputs, 1 if sig.encoded else 10))
+        serve.__name__ = sig.name
+        return serve
 
-    return serve_bytes, serve_images
-
-
-SIGNATURES = {
-    "serving_default": tf.TensorSpec([None], tf.string, name=BYTES_INPUT),
-    "serving_images": tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_INPUT),
-}
+    return {sig.name: make(sig) for sig in SIGNATURES}

@@ -17,20 +17,23 @@ from typing import Optional
 
 import numpy as np
 
-from export.warmup import sample_image
+from export.saved_model import keras_probabilities, model_fingerprint, read_export_info
+from export.signatures import OPTIONAL_OUTPUTS, OUTPUTS, PREDICT_METHOD, SIGNATURES
+from export.warmup import fit_size, sample_image
 
 SESSION_CHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "session_check.py")
-PREDICT_METHOD = "tensorflow/serving/predict"
+# Largest |served - Keras| probability accepted, by the export's precision.
+TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
 
 
-def _expected_signatures(num_classes: Optional[int]):
-    k = None  # top-k width is the export's choice
-    outputs = {"probabilities": ("float32", [-1, num_classes or None]),
-               "scores": ("float32", [-1, k]), "classes": ("int32", [-1, k])}
-    return {
-        "serving_default": ({"image_bytes": ("string", [-1])}, outputs),
-        "serving_images": ({"images": ("float32", [-1, -1, -1, 3])}, outputs),
-    }
+def expected_signatures(num_classes: Optional[int]) -> dict:
+    """From the signature table: ``{name: (inputs, outputs)}``, each ``{key: (dtype,
+    shape)}``; None in a shape matches any size (the class count when it is unknown, top-k)."""
+    sizes = {"K": num_classes, "k": None}
+    outputs = {key: (dtype, [sizes.get(d, d) for d in shape])
+               for key, (dtype, shape) in OUTPUTS.items()}
+    return {sig.name: ({sig.input_key: (sig.dtype, list(sig.shape))}, outputs)
+            for sig in SIGNATURES}
 
 
 def _shape_ok(found, expected):
@@ -39,12 +42,13 @@ def _shape_ok(found, expected):
     return all(e is None or f == e for f, e in zip(found, expected))
 
 
-def sample_image_files(directory: str):
-    """A JPEG and a PNG of different sizes, written for the checks."""
+def sample_image_files(directory: str, max_pixels: Optional[int] = None):
+    """A JPEG and a PNG of different sizes (within ``max_pixels``), written for the checks."""
     import tensorflow as tf
     files = []
     for i, (h, w, encode, ext) in enumerate([(64, 64, tf.io.encode_jpeg, "jpg"),
                                              (50, 90, tf.io.encode_png, "png")]):
+        h, w = fit_size(h, w, max_pixels)
         path = os.path.join(directory, f"sample{i}.{ext}")
         with open(path, "wb") as f:
             f.write(encode(sample_image(h, w, seed=10 + i)).numpy())
@@ -52,45 +56,23 @@ def sample_image_files(directory: str):
     return files
 
 
-# Largest |served - Keras| probability accepted, by the export's precision.
-TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
+def _run_session_check(version_dir, image_files, directory, timeout):
+    """The session check's report (a dict), or a string saying why there is none."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PYTHONPATH", None)  # nothing of this project on the path
+    result = subprocess.run([sys.executable, SESSION_CHECK, version_dir, *image_files],
+                            capture_output=True, text=True, timeout=timeout, env=env,
+                            cwd=directory)
+    if result.returncode != 0:
+        tail = result.stderr.strip().splitlines()[-3:]
+        return "the session loader failed: " + " | ".join(tail)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def verify_export(version_dir: str, model=None, image_files=None, atol: Optional[float] = None,
-                  timeout: int = 600) -> dict:
-    """Returns ``{"ok": bool, "failures": [...], "max_abs_diff": float|None, ...}``.
-
-    The served probabilities must be within ``atol`` of the Keras model's (default by the
-    export's precision, :data:`TOLERANCES`) and give the same top-1 class wherever the
-    model's own top-1 margin is wider than ``atol``.
-    """
-    from export.saved_model import read_export_info
+def _signature_failures(found_signatures, num_classes):
     failures = []
-    version_dir = os.path.abspath(version_dir)  # the check runs in another directory
-    if not os.path.exists(os.path.join(version_dir, "saved_model.pb")):
-        return {"ok": False, "failures": [f"no saved_model.pb in {version_dir}"]}
-    info = read_export_info(version_dir)
-    if atol is None:
-        atol = TOLERANCES.get(info.get("precision"), TOLERANCES["float32"])
-    with tempfile.TemporaryDirectory() as tmp:
-        image_files = list(image_files or sample_image_files(tmp))
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        env.pop("PYTHONPATH", None)  # nothing of this project on the path
-        result = subprocess.run([sys.executable, SESSION_CHECK, version_dir, *image_files],
-                                capture_output=True, text=True, timeout=timeout, env=env,
-                                cwd=tmp)
-        if result.returncode != 0:
-            tail = result.stderr.strip().splitlines()[-3:]
-            return {"ok": False, "failures": ["the session loader failed: " + " | ".join(tail)]}
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-        keras_probs = None
-        if model is not None:
-            from export.saved_model import keras_probabilities
-            keras_probs = keras_probabilities(model, [open(f, "rb").read() for f in image_files])
-
-    num_classes = model.output_shape[-1] if model is not None else None
-    for name, (inputs, outputs) in _expected_signatures(num_classes).items():
-        sig = report["signatures"].get(name)
+    for name, (inputs, outputs) in expected_signatures(num_classes).items():
+        sig = found_signatures.get(name)
         if sig is None:
             failures.append(f"missing signature {name!r}")
             continue
@@ -104,8 +86,15 @@ def verify_export(version_dir: str, model=None, image_files=None, atol: Optional
                 elif found[key]["dtype"] != dtype or not _shape_ok(found[key]["shape"], shape):
                     failures.append(f"{name}: {group} {key!r} is {found[key]['dtype']} "
                                     f"{found[key]['shape']}, expected {dtype} {shape}")
-        if "labels" in sig["outputs"] and sig["outputs"]["labels"]["dtype"] != "string":
-            failures.append(f"{name}: output 'labels' must be a string tensor")
+        for key, (dtype, _) in OPTIONAL_OUTPUTS.items():
+            if key in sig["outputs"] and sig["outputs"][key]["dtype"] != dtype:
+                failures.append(f"{name}: output {key!r} must be a {dtype} tensor")
+    return failures
+
+
+def _graph_failures(report):
+    """Ops, XLA marks, warm-up replay and the imports of the check."""
+    failures = []
     if report["unregistered_ops"]:
         failures.append(f"ops not in the stock registry: {report['unregistered_ops']}")
     if report["forbidden_ops"]:
@@ -113,38 +102,79 @@ def verify_export(version_dir: str, model=None, image_files=None, atol: Optional
     if report["xla_functions"]:
         failures.append(f"functions marked jit_compile (TF Serving runs without XLA): "
                         f"{report['xla_functions'][:3]}")
-    warm = report["warmup"]
-    if warm["records"] == 0:
+    if report["warmup"]["records"] == 0:
         failures.append("no warm-up records (assets.extra/tf_serving_warmup_requests)")
-    failures += [f"warm-up {e}" for e in warm["errors"]]
+    failures += [f"warm-up {e}" for e in report["warmup"]["errors"]]
     if report["loaded_modules"]:
         failures.append(f"the check imported {report['loaded_modules']}")
-    max_diff = None
-    predict = report["predict"]
+    return failures
+
+
+def _agreement_failures(predict, keras_probs, atol):
+    """(failures, max |served - Keras|) for the predict on real image bytes."""
     if predict is None:
-        failures.append("no predict was run (serving_default missing)")
-    elif "error" in predict:
-        failures.append(f"predict on real image bytes failed: {predict['error']}")
-    elif keras_probs is not None:
-        served = np.asarray(predict["probabilities"], np.float32)
-        if served.shape != keras_probs.shape:
-            failures.append(f"served probabilities have shape {served.shape}, Keras model "
-                            f"{keras_probs.shape}")
-        else:
-            max_diff = float(np.abs(served - keras_probs).max())
-            if max_diff > atol:
-                failures.append(f"served and Keras probabilities differ by {max_diff:.3g} "
-                                f"(> {atol})")
-            top2 = np.sort(keras_probs, axis=-1)[:, -2:]
-            clear = (top2[:, 1] - top2[:, 0]) > atol if top2.shape[1] == 2 else True
-            flipped = (served.argmax(-1) != keras_probs.argmax(-1)) & clear
-            if flipped.any():
-                failures.append(f"served top-1 class differs from the Keras model's on "
-                                f"{int(flipped.sum())} of {len(served)} images")
+        return ["no predict was run (serving_default missing)"], None
+    if "error" in predict:
+        return [f"predict on real image bytes failed: {predict['error']}"], None
+    if keras_probs is None:
+        return [], None
+    served = np.asarray(predict["probabilities"], np.float32)
+    if served.shape != keras_probs.shape:
+        return [f"served probabilities have shape {served.shape}, Keras model "
+                f"{keras_probs.shape}"], None
+    failures = []
+    max_diff = float(np.abs(served - keras_probs).max())
+    if max_diff > atol:
+        failures.append(f"served and Keras probabilities differ by {max_diff:.3g} (> {atol})")
+    top2 = np.sort(keras_probs, axis=-1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > atol if top2.shape[1] == 2 else True
+    flipped = (served.argmax(-1) != keras_probs.argmax(-1)) & clear
+    if flipped.any():
+        failures.append(f"served top-1 class differs from the Keras model's on "
+                        f"{int(flipped.sum())} of {len(served)} images")
+    return failures, max_diff
+
+
+def _source_failures(info, model):
+    recorded = info.get("source", {}).get("weights_sha256")
+    if model is None or recorded is None or recorded == model_fingerprint(model):
+        return []
+    return ["the model given is not the one this version was exported from (its weights "
+            "differ from the recorded fingerprint)"]
+
+
+def verify_export(version_dir: str, model=None, image_files=None, atol: Optional[float] = None,
+                  timeout: int = 600) -> dict:
+    """Returns ``{"ok": bool, "failures": [...], "max_abs_diff": float|None, ...}``.
+
+    The served probabilities must be within ``atol`` of the Keras model's (default by the
+    export's precision, :data:`TOLERANCES`) and give the same top-1 class wherever the
+    model's own top-1 margin is wider than ``atol``; the model must be the one the version
+    was exported from (its weights fingerprint is recorded in the export).
+    """
+    version_dir = os.path.abspath(version_dir)  # the check runs in another directory
+    if not os.path.exists(os.path.join(version_dir, "saved_model.pb")):
+        return {"ok": False, "failures": [f"no saved_model.pb in {version_dir}"]}
+    info = read_export_info(version_dir)
+    if atol is None:
+        atol = TOLERANCES.get(info.get("precision"), TOLERANCES["float32"])
+    with tempfile.TemporaryDirectory() as tmp:
+        image_files = list(image_files or sample_image_files(tmp, info.get("max_pixels")))
+        report = _run_session_check(version_dir, image_files, tmp, timeout)
+        if isinstance(report, str):
+            return {"ok": False, "failures": [report]}
+        keras_probs = None
+        if model is not None:
+            keras_probs = keras_probabilities(model, [open(f, "rb").read() for f in image_files])
+    num_classes = model.output_shape[-1] if model is not None else None
+    agreement, max_diff = _agreement_failures(report["predict"], keras_probs, atol)
+    failures = (_source_failures(info, model) + _signature_failures(report["signatures"],
+                                                                    num_classes)
+                + _graph_failures(report) + agreement)
     return {"ok": not failures, "failures": failures, "max_abs_diff": max_diff,
             "precision": info.get("precision"), "frozen": info.get("frozen"), "atol": atol,
-            "signatures": report["signatures"], "warmup_records": warm["records"],
-            "predict": predict}
+            "signatures": report["signatures"], "warmup_records": report["warmup"]["records"],
+            "predict": report["predict"]}
 
 
 def format_report(version_dir: str, report: dict) -> str:

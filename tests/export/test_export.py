@@ -66,7 +66,7 @@ def test_failed_export_leaves_nothing(model, tmp_path, monkeypatch):
     base = tmp_path / "models"
     with pytest.raises(ExportError, match="nothing was written: RuntimeError: disk full"):
         export_saved_model(model, str(base), name="tiny")
-    assert os.listdir(base / "tiny") == []  # no version, no temporary directory
+    assert os.listdir(base / "tiny") == [".export.lock"]  # no version, no temporary directory
 
 
 def test_signatures_and_agreement_with_keras(model, exported):
@@ -89,9 +89,11 @@ def test_signatures_and_agreement_with_keras(model, exported):
     np.testing.assert_allclose(out2["probabilities"].numpy()[0], want[1], atol=1e-6)
 
 
-@pytest.mark.parametrize("payload,match", [(b"", "empty image"),
-                                           (b"\xff\xd8garbage", "Unknown image file format"
-                                            "|Invalid JPEG|corrupt|Error")])
+@pytest.mark.parametrize("payload,match", [
+    (b"", "empty image"),
+    (b"\xff\xd8garbage", r"image 0: unsupported image format \(allowed: JPEG, PNG, GIF, BMP\)"),
+    (b"\xff\xd8\xffgarbage", "Invalid JPEG|corrupt|Error"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image 0: corrupt PNG: no IHDR header")])
 def test_corrupt_or_empty_bytes_fail_with_invalid_argument(exported, payload, match):
     loaded = tf.saved_model.load(exported)
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
@@ -293,6 +295,7 @@ def test_rest_client_against_session_loader_server(model, exported):
             client.predict_rest(url, [b""], model="tiny")
     finally:
         server.shutdown()
+        server.server_close()
     with pytest.raises(client.ServingError, match="cannot reach"):
         client.predict_rest(url, [b"x"], model="tiny", timeout=2)
 
@@ -339,7 +342,7 @@ def test_export_and_predict_cli(model, tmp_path, capsys):
     (tmp_path / "labels.txt").write_text("\n".join(LABELS))
     base = str(tmp_path / "models")
     assert main(["export", model_path, "--output", base, "--name", "cli",
-                 "--labels", str(tmp_path / "labels.txt")]) == 0
+                 "--labels", str(tmp_path / "labels.txt"), "--max-pixels", "2000"]) == 0
     version = os.path.join(base, "cli", "1")
     assert main(["export", model_path, "--verify", version]) == 0
     assert "verify" in capsys.readouterr().out
@@ -347,6 +350,10 @@ def test_export_and_predict_cli(model, tmp_path, capsys):
     image.write_bytes(_jpeg(32, 32, 4))
     assert main(["predict", str(image), "--model-dir", version]) == 0
     assert str(image) in capsys.readouterr().out
+    (tmp_path / "big.jpg").write_bytes(_jpeg(40, 60, 4))
+    assert main(["predict", str(tmp_path / "big.jpg"), "--model-dir", version]) == 2
+    assert "error: invalid input: assertion failed: [image 0: 60x40 JPEG is 2400 pixels, " \
+        "over the limit of 2000 pixels (max_pixels)]" in capsys.readouterr().err
     assert main(["export", model_path, "--output", base, "--name", "cli", "--frozen",
                  "--precision", "bfloat16"]) == 0
     assert main(["export", model_path, "--verify", os.path.join(base, "cli", "2")]) == 0
@@ -356,3 +363,22 @@ def test_export_and_predict_cli(model, tmp_path, capsys):
     not_an_image.write_text("hello")
     assert main(["predict", str(not_an_image), "--model-dir", version]) == 2
     assert "error: invalid input" in capsys.readouterr().err
+
+
+def test_verify_compares_only_with_the_model_the_version_came_from(model, tmp_path, capsys):
+    from training.cli import main
+    run = tmp_path / "run"
+    run.mkdir()
+    other = perturb(keras_vit.ViT(image_size=32, num_classes=5, name="tiny", **TINY), seed=5,
+                    scale=0.1)
+    other.save(str(run / "model.keras"))  # the run's model.keras is not the exported model
+    version = export_saved_model(model, str(run / "export"), name="tiny")
+    assert main(["export", "--verify", version]) == 0
+    assert "is not the one this version was exported from: outputs not compared" in \
+        capsys.readouterr().out
+    assert main(["export", str(run / "model.keras"), "--verify", version]) == 1
+    assert "FAIL: the model given is not the one this version was exported from" in \
+        capsys.readouterr().out
+    model.save(str(run / "model.keras"))
+    assert main(["export", "--verify", version]) == 0
+    assert "outputs compared with the model in" in capsys.readouterr().out
