@@ -28,7 +28,11 @@ from keras_vit.position_embeddings import to_pair
 
 
 def transformer_blocks(model: keras.Model) -> List[TransformerBlock]:
-    """The model's :class:`~keras_vit.layers.TransformerBlock` layers, first to last."""
+    """The model's :class:`~keras_vit.layers.TransformerBlock` layers, first to last.
+
+    Args:
+        model: a keras_vit model (a ValueError names any other).
+    """
     blocks = [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
     if not blocks:
         raise ValueError(f"model {model.name!r} has no TransformerBlock layers: not a "
@@ -37,17 +41,31 @@ def transformer_blocks(model: keras.Model) -> List[TransformerBlock]:
 
 
 def num_prefix_tokens(model: keras.Model) -> int:
-    """1 for the class-token classifier, 0 for ``"gap"``."""
+    """Tokens before the patches: 1 for the class-token classifier, 0 for ``"gap"``.
+
+    Args:
+        model: a keras_vit model.
+    """
     return model.get_layer("posembed_input").num_prefix_tokens
 
 
 def pixels_per_token(model: keras.Model) -> int:
-    """Input pixels per token side: the patch size (times the ResNet stride for hybrids)."""
+    """Input pixels per token side: the patch size (times the ResNet stride for hybrids).
+
+    Args:
+        model: a keras_vit model.
+    """
     return model.get_layer("image_validation").multiple_of
 
 
 def token_grid(model: keras.Model, image_size) -> Tuple[int, int]:
-    """The (rows, columns) patch grid of the tokens for images of ``image_size``."""
+    """The (rows, columns) patch grid of the tokens for images of ``image_size``.
+
+    Args:
+        model: a keras_vit model.
+        image_size: int or (height, width), a multiple of :func:`pixels_per_token` (else a
+            ValueError naming both).
+    """
     height, width = to_pair(image_size, "image_size")
     stride = pixels_per_token(model)
     if height % stride or width % stride:
@@ -182,6 +200,11 @@ def rollout_map(attentions: Sequence[np.ndarray], grid: Tuple[int, int],
     ``"token"`` models (``num_prefix=1``): the rollout row of the class token, as in the
     paper. ``"gap"`` models (``num_prefix=0``) have no class token; their classifier
     averages all output tokens, so the analogue is the rollout averaged over output tokens.
+
+    Args:
+        attentions: per block, (batch, heads, tokens, tokens).
+        grid: the (rows, cols) patch grid.
+        num_prefix: 1 with a class token, 0 for ``"gap"``.
     """
     rollout = attention_rollout(attentions)
     rows = rollout[:, 0, num_prefix:] if num_prefix else rollout.mean(axis=1)
@@ -274,7 +297,15 @@ def patch_embedding_components(model: keras.Model, count: int = 28
 
 
 def mean_attention_distances(model: keras.Model, images) -> np.ndarray:
-    """:func:`mean_attention_distance` for every block: (blocks, heads), in input pixels."""
+    """:func:`mean_attention_distance` of every block of ``model``.
+
+    Args:
+        model: a keras_vit model.
+        images: (batch, H, W, 3), what the model takes.
+
+    Returns:
+        (blocks, heads) float64 distances in input pixels.
+    """
     images = np.asarray(images, np.float32)
     grid = token_grid(model, images.shape[1:3])
     prefix, stride = num_prefix_tokens(model), pixels_per_token(model)
@@ -283,7 +314,11 @@ def mean_attention_distances(model: keras.Model, images) -> np.ndarray:
 
 
 def explain(model: keras.Model, images) -> Dict[str, np.ndarray]:
-    """Rollout maps and class probabilities for a batch of ``images``.
+    """Rollout maps (:func:`rollout_map`) and class probabilities for a batch of ``images``.
+
+    Args:
+        model: a keras_vit model.
+        images: (batch, H, W, 3), what the model takes.
 
     Returns:
         ``{"rollout": (batch, rows, cols) in [0, 1], "probabilities": (batch, classes)}``
