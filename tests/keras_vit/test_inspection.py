@@ -139,6 +139,27 @@ def test_rollout_of_identity_attention_is_identity():
         inspection.attention_rollout([])
 
 
+def test_rollout_order_and_the_class_token_row():
+    """Two blocks over [cls, p0, p1, p2]: block 1 moves p2 into p1, block 2 moves p1 into
+    cls. Rolled out, cls draws on p2 (through p1) but not on p0; gap averages all rows."""
+    def block(rows):
+        return np.asarray(rows, np.float64)[None, None]  # (batch 1, heads 1, 4, 4)
+
+    first = block([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]])
+    second = block([[0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    mixed1 = 0.5 * first[0, 0] + 0.5 * np.eye(4)
+    mixed2 = 0.5 * second[0, 0] + 0.5 * np.eye(4)
+    want = mixed2 @ mixed1  # the later block applies to the earlier block's output
+    np.testing.assert_allclose(inspection.attention_rollout([first, second])[0], want)
+    assert want[0, 3] == 0.25 and want[0, 1] == 0.0
+    token_map = inspection.rollout_map([first, second], (1, 3), num_prefix=1)[0]
+    np.testing.assert_allclose(token_map, [want[0, 1:] / want[0, 1:].max()])
+    # gap: [[.5, .5, 0], [0, 1, 0], [0, 0, 1]] averaged over rows is (1/6, 1/2, 1/3).
+    gap = block([[0, 1, 0], [0, 1, 0], [0, 0, 1]])
+    np.testing.assert_allclose(inspection.rollout_map([gap], (1, 3), 0)[0],
+                               [[1 / 3, 1.0, 2 / 3]])
+
+
 @pytest.mark.parametrize("size", [(32, 32), (24, 48)])
 def test_position_embedding_similarity_diagonal_and_symmetry(tiny_model, size):
     sim = inspection.position_embedding_similarity(tiny_model, size)
