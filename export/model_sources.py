@@ -86,21 +86,31 @@ def read_image_files(paths: Sequence[str]) -> List[bytes]:
     return images
 
 
-def load_pixels(model, path: str, data: bytes):
-    """One encoded image -> (h, w, 3) float32 pixels at the model's resolution, through
-    :func:`keras_vit.preprocess_image`; an undecodable file is a ValueError naming it."""
+def _preprocess(path: str, data: bytes, image_size):
     import tensorflow as tf
 
     import keras_vit
     try:
-        return keras_vit.preprocess_image(tf.constant(data),
-                                          keras_vit.model_image_size(model)).numpy()
+        return keras_vit.preprocess_image(tf.constant(data), image_size).numpy()
     except tf.errors.InvalidArgumentError as error:
         # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name:"
         detail = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", error.message.strip().splitlines()[0])
         detail = detail.strip().split(". One of ")[0].rstrip(".")
-        raise ValueError(f"{path} is not a decodable image (JPEG, PNG, BMP, GIF): "
-                         f"{detail}") from None
+        raise ValueError(f"invalid input: {path} is not a decodable image (JPEG, PNG, BMP, "
+                         f"GIF): {detail}") from None
+
+
+def load_pixels(model, path: str, data: bytes):
+    """One encoded image -> (h, w, 3) float32 pixels at the model's resolution, through
+    :func:`keras_vit.preprocess_image`; an undecodable file is a ValueError naming it."""
+    import keras_vit
+    return _preprocess(path, data, keras_vit.model_image_size(model))
+
+
+def check_decodable(paths: Sequence[str], images: Sequence[bytes]) -> None:
+    """A ValueError naming the first file that does not decode (before it is sent off)."""
+    for path, data in zip(paths, images):
+        _preprocess(path, data, 1)
 
 
 def _top_k(probabilities: np.ndarray, k: int, labels) -> dict:
@@ -126,6 +136,7 @@ def predict_served(spec: str, paths: Sequence[str], top_k: int = 5,
     from export import client
 
     images = read_image_files(paths)
+    check_decodable(paths, images)
     if not spec.startswith(SERVER_SCHEMES):
         rows = client.predict_saved_model(spec, images)
     elif spec.startswith("grpc://"):

@@ -75,6 +75,14 @@ def test_predict_export_dir_matches_the_keras_model(run_dir, tmp_path, capsys):
     assert main(["predict", "--model-dir", version, *paths]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{paths[0]}: {keras_rows[0]['labels'][0]} ")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    notes = tmp_path / "notes.png"
+    notes.write_text("hello")
+    for bad, message in ((empty, f"image {empty} is empty"),
+                         (notes, f"invalid input: {notes} is not a decodable image")):
+        err = _one_line_error(capsys, ["predict", version, paths[0], str(bad)])
+        assert err.startswith(f"keras-vit predict: error: {message}"), err
 
 
 def test_predict_npz_with_and_without_architecture(tmp_path):
@@ -149,7 +157,8 @@ def test_predict_bad_inputs_are_one_line_errors(run_dir, tmp_path, capsys):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     err = _one_line_error(capsys, ["predict", run, good, str(text)])
-    assert err.startswith(f"keras-vit predict: error: {text} is not a decodable image")
+    assert err.startswith(f"keras-vit predict: error: invalid input: {text} is not a "
+                          "decodable image (JPEG, PNG, BMP, GIF): Unknown image file format")
     err = _one_line_error(capsys, ["predict", str(tmp_path / "nope.keras"), good])
     assert "model not found: " + str(tmp_path / "nope.keras") in err
     (tmp_path / "weights.txt").write_text("x")
