@@ -86,7 +86,9 @@ def read_image_files(paths: Sequence[str]) -> List[bytes]:
     return images
 
 
-def _preprocess(path: str, data: bytes, image_size):
+def preprocess_file(path: str, data: bytes, image_size):
+    """An image file's bytes -> (h, w, 3) float32 pixels at ``image_size`` through
+    :func:`keras_vit.preprocess_image`; an undecodable file is a ValueError naming it."""
     import tensorflow as tf
 
     import keras_vit
@@ -101,16 +103,15 @@ def _preprocess(path: str, data: bytes, image_size):
 
 
 def load_pixels(model, path: str, data: bytes):
-    """One encoded image -> (h, w, 3) float32 pixels at the model's resolution, through
-    :func:`keras_vit.preprocess_image`; an undecodable file is a ValueError naming it."""
+    """:func:`preprocess_file` at the model's resolution."""
     import keras_vit
-    return _preprocess(path, data, keras_vit.model_image_size(model))
+    return preprocess_file(path, data, keras_vit.model_image_size(model))
 
 
 def check_decodable(paths: Sequence[str], images: Sequence[bytes]) -> None:
     """A ValueError naming the first file that does not decode (before it is sent off)."""
     for path, data in zip(paths, images):
-        _preprocess(path, data, 1)
+        preprocess_file(path, data, 1)
 
 
 def _top_k(probabilities: np.ndarray, k: int, labels) -> dict:

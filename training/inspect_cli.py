@@ -93,21 +93,19 @@ def _images_from(directory: str) -> List[bytes]:
     return list(zip(paths, read_image_files(paths)))
 
 
-def inspection_images(model, directory: Optional[str], image_size) -> np.ndarray:
+def inspection_images(directory: Optional[str], image_size) -> np.ndarray:
     """(n, h, w, 3) pixels: the images of ``directory`` (or the built-in samples) through
     the project's one preprocessing function, at ``image_size``."""
     import tensorflow as tf
 
     import keras_vit
-    from export.model_sources import load_pixels
+    from export.model_sources import preprocess_file
 
     if directory is None:
         return np.stack([keras_vit.preprocess_image(tf.constant(image), image_size).numpy()
                          for image in builtin_sample_images()])
-    if tuple(image_size) == tuple(keras_vit.model_image_size(model)):
-        return np.stack([load_pixels(model, path, data) for path, data in _images_from(directory)])
-    return np.stack([keras_vit.preprocess_image(tf.constant(data), image_size).numpy()
-                     for _, data in _images_from(directory)])
+    return np.stack([preprocess_file(path, data, image_size)
+                     for path, data in _images_from(directory)])
 
 
 def run_inspect(args) -> int:
@@ -121,7 +119,7 @@ def run_inspect(args) -> int:
     if args.image_size:
         size = tuple(args.image_size * 2 if len(args.image_size) == 1 else args.image_size)
         inspection.token_grid(model, size)  # refuses sizes the model cannot take
-    images = inspection_images(model, args.images, size)
+    images = inspection_images(args.images, size)
     os.makedirs(args.output, exist_ok=True)
     written = []
     name = model.name

@@ -126,6 +126,15 @@ def test_bad_inputs_are_one_line_errors(run_dir, image_path, tmp_path, capsys):
     err = _one_line_error(capsys, ["inspect", str(tmp_path / "nothing"), "--output",
                                    str(tmp_path / "f")])
     assert "model not found: " + str(tmp_path / "nothing") in err
+    (empty / "broken.png").write_bytes(b"\x89PNG not really")
+    err = _one_line_error(capsys, ["inspect", run_dir, "--output", str(tmp_path / "f"),
+                                   "--images", str(empty)])
+    assert f"{empty / 'broken.png'} is not a decodable image" in err
+    headless = str(tmp_path / "features.keras")
+    keras_vit.ViT(image_size=32, include_top=False, **TINY).save(headless)
+    err = _one_line_error(capsys, ["explain", headless, image_path, "--output", out])
+    assert err.endswith(f"{headless} has no classification head (include_top=False)")
+    assert not os.path.exists(out)
 
 
 def test_per_class_accuracy_and_confusion():
