@@ -79,6 +79,10 @@ def test_attention_of_a_folded_inference_model_and_a_hybrid(tiny_model):
     assert [a.shape for a in attentions] == [(1, 4, 1 + 8 * 12, 1 + 8 * 12)] * 2
     np.testing.assert_allclose(attentions[1].sum(-1), 1.0, atol=1e-5)
     assert inspection.pixels_per_token(hybrid) == 8
+    endpoints = inspection.endpoints_model(hybrid)(random_images(1, 64, 96))
+    assert endpoints["block_1"].shape == (1, 1 + 8 * 12, 32)
+    np.testing.assert_array_equal(np.asarray(endpoints["logits"]),
+                                  np.asarray(hybrid(random_images(1, 64, 96))))
 
 
 def test_endpoints_names_and_values(tiny_model):
