@@ -27,6 +27,7 @@ setup(
         "tensorflow-datasets",
         "pillow",
         "tensorboard",         # tf.summary (TensorBoard logs of training runs)
+        "matplotlib",          # figures of explain, inspect, evaluate --confusion, curves.png
     ],
     extras_require={
         # Protos for the TF Serving warm-up file and the gRPC client.

@@ -41,8 +41,15 @@ def add_export_arguments(parser):
 
 
 def add_predict_arguments(parser):
-    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, GIF)")
-    where = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("images", nargs="+", metavar="[MODEL] IMAGE",
+                        help="MODEL (run directory, .keras, .npz, exported version directory "
+                             "or server URL; omitted with --server / --model-dir), then image "
+                             "files (JPEG, PNG, BMP, GIF)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--model", dest="architecture", help="architecture of an .npz MODEL "
+                        "(e.g. ViT_B16; default: read from the checkpoint)")
+    where = parser.add_mutually_exclusive_group(required=False)
     where.add_argument("--server", help="TF Serving REST URL (http://host:8501) or gRPC "
                                         "address (grpc://host:8500)")
     where.add_argument("--model-dir", help="an exported version directory, run locally")
@@ -123,23 +130,8 @@ def run_export(args) -> int:
 
 
 def run_predict(args) -> int:
-    from export import client
-
-    images = []
-    for path in args.images:
-        with open(path, "rb") as f:
-            images.append(f.read())
-    if args.model_dir:
-        rows = client.predict_saved_model(args.model_dir, images)
-    elif args.server.startswith("grpc://"):
-        rows = client.predict_grpc(args.server[len("grpc://"):], images, model=args.name)
-    else:
-        rows = client.predict_rest(args.server, images, model=args.name)
-    for path, row in zip(args.images, rows):
-        names = row.get("labels") or [str(c) for c in row["classes"]]
-        top = ", ".join(f"{n} {s:.3f}" for n, s in zip(names, row["scores"]))
-        print(f"{path}: {top}")
-    return 0
+    from export.model_sources import run_predict_command
+    return run_predict_command(args)
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,5 @@
 """The ``keras-vit`` command: ``train`` (the main job), ``evaluate``, ``export``, ``predict``,
-``convert``. ``python -m training`` runs ``train``."""
+``convert``, ``explain``, ``inspect``. ``python -m training`` runs ``train``."""
 from __future__ import annotations
 
 import argparse
@@ -73,6 +73,8 @@ def run_train(args) -> int:
                            checkpoint_every=args.checkpoint_every, seed=args.seed,
                            export=not args.no_export)
     result = train(config, strategy, resume=args.resume)
+    from training.figures import write_training_curves
+    write_training_curves(config.output)
     metrics = result["metrics"]
     if "export" in metrics:
         _check_export(metrics["export"], result["model"], result["source"])
@@ -109,6 +111,9 @@ def run_evaluate(args) -> int:
 
     import keras_vit
     from training.data import load_source, make_pipeline
+    from training.inspect_cli import check_png_output, report_per_class
+    if args.confusion:
+        check_png_output(args.confusion)
     from training.trainer import evaluate
 
     recipe_data = {}
@@ -129,6 +134,8 @@ def run_evaluate(args) -> int:
     results = evaluate(model, make_pipeline(source.test, size, args.batch_size, training=False))
     print(f"{source.name}: top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}  "
           f"loss {results['loss']:.4f}  ({results['num_examples']} examples)")
+    report_per_class(model, make_pipeline(source.test, size, args.batch_size, training=False),
+                     source.labels, args.confusion)
     return 0
 
 
@@ -171,9 +178,12 @@ def build_parser():
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--test-split")
     evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--confusion", metavar="PNG", help="write the confusion matrix")
+    from training.inspect_cli import add_commands
+    add_commands(sub)  # explain, inspect
     from export.cli import add_export_arguments, add_predict_arguments
     add_export_arguments(sub.add_parser("export", help="write / verify a TF Serving model"))
-    add_predict_arguments(sub.add_parser("predict", help="classify images with an export"))
+    add_predict_arguments(sub.add_parser("predict", help="classify images with any model"))
     _convert_parser(sub.add_parser("convert", help="original .npz -> .keras / .weights.h5"))
     return parser
 
@@ -202,6 +212,8 @@ def main(argv=None) -> int:
             return run_train(args)
         if args.command == "evaluate":
             return run_evaluate(args)
+        if hasattr(args, "run"):  # explain, inspect (training/inspect_cli.py)
+            return args.run(args)
         return run_convert(args)
     except (ValueError, OSError, TrainingError, CheckpointError) as error:
         print(f"keras-vit {args.command}: error: {error}", file=sys.stderr)

@@ -1,0 +1,184 @@
+"""Any model the user names, for ``keras-vit predict`` (and ``explain`` / ``inspect``): a
+training run directory, a ``.keras`` file, an original ``.npz`` checkpoint, a SavedModel
+export version directory, or a TF Serving URL. Images go through the project's one
+preprocessing function (:func:`keras_vit.preprocess_image`) or the export's own graph,
+which uses the same function.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+SERVER_SCHEMES = ("http://", "https://", "grpc://")
+KINDS = ("a run directory, a .keras file, an original .npz checkpoint, an exported version "
+         "directory (saved_model.pb) or a server URL (http://, grpc://)")
+
+
+def model_kind(spec: str) -> str:
+    """``"server"``, ``"saved_model"``, ``"run"``, ``"keras"`` or ``"npz"``; a ValueError
+    naming ``spec`` for anything else."""
+    if spec.startswith(SERVER_SCHEMES):
+        return "server"
+    if os.path.isdir(spec):
+        if os.path.exists(os.path.join(spec, "saved_model.pb")):
+            return "saved_model"
+        if os.path.exists(os.path.join(spec, "model.keras")):
+            return "run"
+        raise ValueError(f"{spec} is a directory with neither model.keras (a run directory) "
+                         "nor saved_model.pb (an exported version)")
+    if not os.path.exists(spec):
+        raise ValueError(f"model not found: {spec} (expected {KINDS})")
+    if spec.endswith(".keras"):
+        return "keras"
+    if spec.endswith(".npz"):
+        return "npz"
+    raise ValueError(f"cannot tell what model {spec} is: expected {KINDS}")
+
+
+def load_keras_model(spec: str, architecture: Optional[str] = None):
+    """A run directory, ``.keras`` file or ``.npz`` checkpoint -> ``(model, labels)``.
+
+    ``labels`` is the run's ``labels.txt`` (None when unknown). An ``.npz`` is built as
+    ``architecture`` (e.g. ``"ViT_B16"``) or, without it, as the architecture its array
+    shapes describe.
+    """
+    import keras
+
+    import keras_vit  # noqa: F401  (registers the layers)
+    kind = model_kind(spec)
+    if kind == "npz":
+        from keras_vit.checkpoint_architecture import model_from_checkpoint
+        return model_from_checkpoint(spec, architecture), None
+    if kind not in ("run", "keras"):
+        raise ValueError(f"{spec} is not a Keras model ({kind}); expected a run directory, a "
+                         ".keras file or an .npz checkpoint")
+    path = os.path.join(spec, "model.keras") if kind == "run" else spec
+    labels_path = os.path.join(os.path.dirname(path), "labels.txt")
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as error:  # Keras raises several types for a bad archive
+        raise ValueError(f"cannot load {path}: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    labels = None
+    if kind == "run" and os.path.exists(labels_path):
+        with open(labels_path, encoding="utf-8") as f:
+            labels = [line.strip() for line in f if line.strip()]
+    return model, labels
+
+
+def read_image_files(paths: Sequence[str]) -> List[bytes]:
+    """The bytes of each image file; a missing, unreadable or empty file is a ValueError
+    naming it."""
+    images = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as error:
+            raise ValueError(f"cannot read image {path}: {error.strerror or error}") from None
+        if not data:
+            raise ValueError(f"image {path} is empty")
+        images.append(data)
+    return images
+
+
+def preprocess_file(path: str, data: bytes, image_size):
+    """An image file's bytes -> (h, w, 3) float32 pixels at ``image_size`` through
+    :func:`keras_vit.preprocess_image`; an undecodable file is a ValueError naming it."""
+    import tensorflow as tf
+
+    import keras_vit
+    try:
+        return keras_vit.preprocess_image(tf.constant(data), image_size).numpy()
+    except tf.errors.InvalidArgumentError as error:
+        # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name:"
+        detail = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", error.message.strip().splitlines()[0])
+        detail = detail.strip().split(". One of ")[0].rstrip(".")
+        raise ValueError(f"invalid input: {path} is not a decodable image (JPEG, PNG, BMP, "
+                         f"GIF): {detail}") from None
+
+
+def load_pixels(model, path: str, data: bytes):
+    """:func:`preprocess_file` at the model's resolution."""
+    import keras_vit
+    return preprocess_file(path, data, keras_vit.model_image_size(model))
+
+
+def check_decodable(paths: Sequence[str], images: Sequence[bytes]) -> None:
+    """A ValueError naming the first file that does not decode (before it is sent off)."""
+    for path, data in zip(paths, images):
+        preprocess_file(path, data, 1)
+
+
+def _top_k(probabilities: np.ndarray, k: int, labels) -> dict:
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    names = [labels[i] if labels and i < len(labels) else str(int(i)) for i in order]
+    return {"classes": [int(i) for i in order], "labels": names,
+            "probabilities": [float(probabilities[i]) for i in order]}
+
+
+def predict_keras(model, labels, paths: Sequence[str], top_k: int = 5) -> List[dict]:
+    """Top-k predictions of an in-memory keras_vit model for image files."""
+    images = np.stack([load_pixels(model, p, data)
+                       for p, data in zip(paths, read_image_files(paths))])
+    logits = np.asarray(model(images, training=False), np.float64)
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    return [dict(file=p, **_top_k(row, top_k, labels)) for p, row in zip(paths, probabilities)]
+
+
+def predict_served(spec: str, paths: Sequence[str], top_k: int = 5,
+                   server_model: str = "vit") -> List[dict]:
+    """Top-k predictions of an exported version directory (run locally) or a server."""
+    from export import client
+
+    images = read_image_files(paths)
+    check_decodable(paths, images)
+    if not spec.startswith(SERVER_SCHEMES):
+        rows = client.predict_saved_model(spec, images)
+    elif spec.startswith("grpc://"):
+        rows = client.predict_grpc(spec[len("grpc://"):], images, model=server_model)
+    else:
+        rows = client.predict_rest(spec, images, model=server_model)
+    return [{"file": p, "classes": row["classes"][:top_k],
+             "labels": (row.get("labels") or [str(c) for c in row["classes"]])[:top_k],
+             "probabilities": row["scores"][:top_k]} for p, row in zip(paths, rows)]
+
+
+def predict(spec: str, paths: Sequence[str], top_k: int = 5,
+            architecture: Optional[str] = None, server_model: str = "vit") -> List[dict]:
+    """Top-k predictions of any model (see the module docstring) for image files: one dict
+    per image with ``file``, ``classes``, ``labels`` and ``probabilities``."""
+    if top_k < 1:
+        raise ValueError(f"--top-k must be positive, got {top_k}")
+    if model_kind(spec) in ("server", "saved_model"):
+        return predict_served(spec, paths, top_k, server_model)
+    model, labels = load_keras_model(spec, architecture)
+    return predict_keras(model, labels, paths, top_k)
+
+
+def format_predictions(rows: Sequence[dict], as_json: bool = False) -> str:
+    """One line per image (``file: label p, ...``), or one JSON document."""
+    if as_json:
+        return json.dumps({"predictions": list(rows)}, indent=2)
+    return "\n".join(f"{row['file']}: " + ", ".join(
+        f"{name} {p:.3f}" for name, p in zip(row["labels"], row["probabilities"]))
+        for row in rows)
+
+
+def run_predict_command(args) -> int:
+    """``predict MODEL IMAGE...`` (or the older ``--model-dir`` / ``--server`` forms)."""
+    spec = args.server or args.model_dir
+    paths = list(args.images)
+    if spec is None:
+        if len(paths) < 2:
+            raise ValueError("usage: predict MODEL IMAGE... (MODEL: " + KINDS + ")")
+        spec, paths = paths[0], paths[1:]
+    rows = predict(spec, paths, top_k=args.top_k, architecture=args.architecture,
+                   server_model=args.name)
+    print(format_predictions(rows, args.json))
+    return 0
