@@ -154,10 +154,8 @@ def dispatch(command, args, prog) -> int:
         print(f"{prog} {command}: error: {error}", file=sys.stderr)
         return 2
     except tf.errors.InvalidArgumentError as error:  # e.g. a file that is not an image
-        detail = next((line.strip() for line in error.message.splitlines()
-                       if line.strip() and not line.strip().startswith(("[[", "Detected",
-                                                                        "<stack", "Graph"))),
-                      error.message)
+        from keras_vit.preprocessing import error_detail
+        detail = error_detail(error)
         print(f"{prog} {command}: error: invalid input: {detail}", file=sys.stderr)
         return 2
 

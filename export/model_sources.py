@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -95,9 +94,7 @@ def preprocess_file(path: str, data: bytes, image_size):
     try:
         return keras_vit.preprocess_image(tf.constant(data), image_size).numpy()
     except tf.errors.InvalidArgumentError as error:
-        # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name:"
-        detail = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", error.message.strip().splitlines()[0])
-        detail = detail.strip().split(". One of ")[0].rstrip(".")
+        detail = keras_vit.preprocessing.error_detail(error)
         raise ValueError(f"invalid input: {path} is not a decodable image (JPEG, PNG, BMP, "
                          f"GIF): {detail}") from None
 

@@ -13,6 +13,8 @@ stock TensorFlow ops are used, so the checks run inside an exported serving grap
 """
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 
 from keras_vit.position_embeddings import to_pair
@@ -225,3 +227,24 @@ def preprocess_image(image: tf.Tensor, image_size, channels: int = 3,
     image = tf.image.resize(image, (height, width), method="bilinear", antialias=False)
     image = tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0)
     return tf.ensure_shape(image, (height, width, channels))
+
+
+def error_detail(error: tf.errors.InvalidArgumentError) -> str:
+    """The one line that says what is wrong with an image, from the InvalidArgumentError that
+    :func:`decode_image` / :func:`preprocess_image` raised (eagerly or in a graph): the
+    assertion's own message (``image 0: ... over the limit ...``) or the decoder's first line,
+    without TensorFlow's function names, op names and stack lines.
+
+    Args:
+        error: the error raised while decoding or preprocessing an image.
+    """
+    message = error.message
+    found = re.search(r"Summarized data: b['\"](.*?)['\"]\s*$", message, flags=re.M) or \
+        re.search(r"assertion failed: \[(.*?)\]", message)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in message.splitlines()
+             if line.strip() and not line.strip().startswith(("[[", "Detected", "<stack",
+                                                              "Graph"))]
+    detail = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", lines[0] if lines else message).strip()
+    return detail.split(". One of ")[0].rstrip(".") or message

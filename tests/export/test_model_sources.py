@@ -158,7 +158,8 @@ def test_predict_bad_inputs_are_one_line_errors(run_dir, tmp_path, capsys):
     text.write_text("not an image")
     err = _one_line_error(capsys, ["predict", run, good, str(text)])
     assert err.startswith(f"keras-vit predict: error: invalid input: {text} is not a "
-                          "decodable image (JPEG, PNG, BMP, GIF): Unknown image file format")
+                          "decodable image (JPEG, PNG, BMP, GIF): unsupported image format "
+                          "(allowed: JPEG, PNG, GIF, BMP)")
     err = _one_line_error(capsys, ["predict", str(tmp_path / "nope.keras"), good])
     assert "model not found: " + str(tmp_path / "nope.keras") in err
     (tmp_path / "weights.txt").write_text("x")
