@@ -39,13 +39,14 @@ def _resolve_model(path):
     import keras
 
     import keras_vit  # noqa: F401  (registers the layers)
+    from export.run_layout import RunLayout
     labels = None
     if os.path.isdir(path):
-        run_dir = path
-        path = os.path.join(run_dir, "model.keras")
-        if os.path.exists(os.path.join(run_dir, "labels.txt")):
+        run = RunLayout(path)
+        path = run.model
+        if os.path.exists(run.labels):
             from export.saved_model import read_labels
-            labels = read_labels(os.path.join(run_dir, "labels.txt"))
+            labels = read_labels(run.labels)
     if not os.path.exists(path):
         raise ValueError(f"model not found: {path}")
     return keras.saving.load_model(path), labels
@@ -53,8 +54,9 @@ def _resolve_model(path):
 
 def _find_model_for(version_dir):
     """run/export/<name>/<version> -> run/ (when the version lives in a run directory)."""
-    run_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(version_dir))))
-    return run_dir if os.path.exists(os.path.join(run_dir, "model.keras")) else None
+    from export.run_layout import RunLayout
+    run = RunLayout.of_version(version_dir)
+    return run.root if os.path.exists(run.model) else None
 
 
 def run_export(args) -> int:
