@@ -289,6 +289,14 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
     return ds.with_options(_options()).prefetch(tf.data.AUTOTUNE)
 
 
+def _read_and_resize(read, image_size):
+    """(item, label) -> (model-resolution float32 pixels, label), for evaluation."""
+    def prepare(item, label):
+        image = read(item) if read is not None else item
+        return preprocess_image(image, image_size), label
+    return prepare
+
+
 def make_eval_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, num_examples: int,
                        global_batch_size: int, read: Optional[Callable] = None,
                        input_context=None) -> tf.data.Dataset:
@@ -298,13 +306,9 @@ def make_eval_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, num_
     steps = -(-num_examples // global_batch_size)
     per_pipeline = steps * global_batch_size // pipelines
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-
-    def prepare(item, label):
-        image = read(item) if read is not None else item
-        return preprocess_image(image, image_size), label
-
     ds = _shard(ds, input_context)
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_read_and_resize(read, image_size), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     padding = tf.data.Dataset.from_tensors(
         (tf.zeros([height, width, 3], tf.float32), tf.constant(-1, tf.int64))).repeat()
     ds = ds.concatenate(padding).take(per_pipeline)
@@ -316,9 +320,6 @@ def make_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *,
                   read: Optional[Callable] = None) -> tf.data.Dataset:
     """Plain evaluation batches (no padding, no augmentation), e.g. for ``keras-vit
     evaluate``. Training goes through :func:`make_train_pipeline`."""
-    def prepare(item, label):
-        image = read(item) if read is not None else item
-        return preprocess_image(image, image_size), label
-
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_read_and_resize(read, image_size), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     return ds.batch(batch_size).with_options(_options()).prefetch(tf.data.AUTOTUNE)
