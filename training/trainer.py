@@ -397,10 +397,6 @@ class _Stopped(Exception):
     """Every worker has saved a checkpoint at the same step after a stop signal."""
 
 
-class _Diverged(TrainingError):
-    pass
-
-
 class _Guard:
     """Saves only checkpoints that hold finite weights giving finite logits.
 
@@ -435,7 +431,7 @@ class _Guard:
             if tf.io.gfile.isdir(self.run.layout.checkpoints) else None
         kept = (f"the last good checkpoint, {latest}, is kept" if latest else
                 "no checkpoint had been saved yet")
-        return _Diverged(f"{what} at step {step}: the run diverged (try a lower "
+        return TrainingError(f"{what} at step {step}: the run diverged (try a lower "
                          f"--learning-rate); {kept}")
 
     def save(self, step, batch):
