@@ -57,26 +57,16 @@ def add_predict_arguments(parser):
 
 
 def _resolve_model(path):
-    """A .keras file, or a run directory's model.keras and labels.txt."""
-    import keras
-
-    import keras_vit  # noqa: F401  (registers the layers)
-    labels = None
-    if os.path.isdir(path):
-        run_dir = path
-        path = os.path.join(run_dir, "model.keras")
-        if os.path.exists(os.path.join(run_dir, "labels.txt")):
-            from export.saved_model import read_labels
-            labels = read_labels(os.path.join(run_dir, "labels.txt"))
-    if not os.path.exists(path):
-        raise ValueError(f"model not found: {path}")
-    return keras.saving.load_model(path), labels
+    """A .keras file, a run directory's model.keras and labels.txt, or an .npz checkpoint."""
+    from export.model_sources import load_keras_model
+    return load_keras_model(path)
 
 
 def _find_model_for(version_dir):
     """run/export/<name>/<version> -> run/ (when the version lives in a run directory)."""
-    run_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(version_dir))))
-    return run_dir if os.path.exists(os.path.join(run_dir, "model.keras")) else None
+    from export.run_layout import RunLayout
+    run = RunLayout.of_version(version_dir)
+    return run.root if os.path.exists(run.model) else None
 
 
 def _model_to_compare(args):

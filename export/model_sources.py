@@ -12,6 +12,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from export.run_layout import RunLayout
+
 SERVER_SCHEMES = ("http://", "https://", "grpc://")
 KINDS = ("a run directory, a .keras file, an original .npz checkpoint, an exported version "
          "directory (saved_model.pb) or a server URL (http://, grpc://)")
@@ -25,7 +27,7 @@ def model_kind(spec: str) -> str:
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, "saved_model.pb")):
             return "saved_model"
-        if os.path.exists(os.path.join(spec, "model.keras")):
+        if os.path.exists(RunLayout(spec).model):
             return "run"
         raise ValueError(f"{spec} is a directory with neither model.keras (a run directory) "
                          "nor saved_model.pb (an exported version)")
@@ -55,17 +57,16 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
     if kind not in ("run", "keras"):
         raise ValueError(f"{spec} is not a Keras model ({kind}); expected a run directory, a "
                          ".keras file or an .npz checkpoint")
-    path = os.path.join(spec, "model.keras") if kind == "run" else spec
-    labels_path = os.path.join(os.path.dirname(path), "labels.txt")
+    path = RunLayout(spec).model if kind == "run" else spec
     try:
         model = keras.saving.load_model(path)
     except Exception as error:  # Keras raises several types for a bad archive
         raise ValueError(f"cannot load {path}: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''}") from None
     labels = None
-    if kind == "run" and os.path.exists(labels_path):
-        with open(labels_path, encoding="utf-8") as f:
-            labels = [line.strip() for line in f if line.strip()]
+    if kind == "run" and os.path.exists(RunLayout(spec).labels):
+        from export.saved_model import read_labels
+        labels = read_labels(RunLayout(spec).labels)
     return model, labels
 
 

@@ -14,7 +14,8 @@ def _train_parser(parser):
     from training.recipes import RECIPES
     from training.trainer import PRECISIONS
 
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="demo",
+    # Defaults are None (filled in by _new_config) so that --resume can tell what was given.
+    parser.add_argument("--recipe", choices=sorted(RECIPES),
                         help="demo (default: tiny ViT on digits), finetune or pretrain")
     parser.add_argument("--model", help="ViT_B16, R50_ViT_B16, ... or 'tiny'")
     parser.add_argument("--weights", help="pretrained weights: .npz, .keras, .weights.h5 or "
@@ -30,53 +31,78 @@ def _train_parser(parser):
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--warmup-steps", type=int)
     parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
-    parser.add_argument("--tpu", default="", help="TPU name or address (--strategy tpu)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="default: auto")
+    parser.add_argument("--tpu", help="TPU name or address (--strategy tpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: float32")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the step")
     parser.add_argument("--output", help="run directory (default: runs/<recipe>-<time>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --output from its last checkpoint")
-    parser.add_argument("--checkpoint-every", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, help="default: 200 steps")
+    parser.add_argument("--seed", type=int, help="default: 0")
     parser.add_argument("--no-export", action="store_true", help="skip the TF Serving export")
+
+
+# What --resume may change: the length of the run (the learning-rate schedule is stretched to
+# the new length), checkpointing, the export, and where it runs and reads its data from.
+RESUME_MAY_CHANGE = ("steps", "epochs", "checkpoint_every", "no_export", "strategy", "tpu",
+                     "data_dir")
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _resume_config(args):
+    """The run's own config.json, with the few changes a resume may make."""
+    from training.trainer import load_run_config
+
+    if not args.output:
+        raise ValueError("--resume needs --output RUN_DIR")
+    given = [name for name, value in vars(args).items()
+             if name not in ("command", "resume", "output") and value not in (None, False)]
+    refused = [name for name in given if name not in RESUME_MAY_CHANGE]
+    if refused:
+        raise ValueError(f"--resume continues the run as its config.json says and cannot "
+                         f"change {', '.join(map(_flag, refused))}; it may change only "
+                         f"{', '.join(map(_flag, RESUME_MAY_CHANGE))}")
+    config = load_run_config(args.output)
+    config.recipe = config.recipe.replace(steps=args.steps, epochs=args.epochs)
+    config.checkpoint_every = args.checkpoint_every or config.checkpoint_every
+    config.export = config.export and not args.no_export
+    config.strategy = args.strategy or config.strategy
+    config.data_dir = args.data_dir or config.data_dir
+    return config
+
+
+def _new_config(args):
+    from training.recipes import RECIPES
+    from training.trainer import RunConfig
+
+    recipe = RECIPES[args.recipe or "demo"].replace(
+        model=args.model, dataset=args.dataset, image_size=args.image_size,
+        batch_size=args.batch_size, steps=args.steps, learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, epochs=args.epochs)
+    output = args.output or os.path.join(
+        "runs", f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    optional = {name: getattr(args, name) for name in ("strategy", "precision",
+                                                       "checkpoint_every", "seed")
+                if getattr(args, name) is not None}
+    return RunConfig(recipe=recipe, output=output, jit_compile=args.jit_compile,
+                     weights=args.weights, data_dir=args.data_dir,
+                     train_split=args.train_split, test_split=args.test_split,
+                     export=not args.no_export, **optional)
 
 
 def run_train(args) -> int:
     from training.distribute import make_strategy
-    from training.recipes import RECIPES
-    from training.trainer import RunConfig, train
+    from training.trainer import train
 
-    strategy = make_strategy(args.strategy, args.tpu)  # first, as tf.distribute requires
-    if args.resume:
-        if not args.output:
-            raise ValueError("--resume needs --output RUN_DIR")
-        path = os.path.join(args.output, "config.json")
-        if not os.path.exists(path):
-            raise ValueError(f"--resume: {path} not found")
-        config = RunConfig.from_json(open(path).read())
-        config.output = args.output
-    else:
-        recipe = RECIPES[args.recipe].replace(
-            model=args.model, dataset=args.dataset, image_size=args.image_size,
-            batch_size=args.batch_size, steps=args.steps, learning_rate=args.learning_rate,
-            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, epochs=args.epochs)
-        for name in ("batch_size", "image_size"):
-            if getattr(recipe, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        output = args.output or os.path.join(
-            "runs", f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        config = RunConfig(recipe=recipe, output=output, strategy=args.strategy,
-                           precision=args.precision, jit_compile=args.jit_compile,
-                           weights=args.weights, data_dir=args.data_dir,
-                           train_split=args.train_split, test_split=args.test_split,
-                           checkpoint_every=args.checkpoint_every, seed=args.seed,
-                           export=not args.no_export)
+    config = (_resume_config(args) if args.resume else _new_config(args)).validate()
+    strategy = make_strategy(config.strategy, args.tpu or "")  # before other TensorFlow work
     result = train(config, strategy, resume=args.resume)
-    from training.figures import write_training_curves
-    write_training_curves(config.output)
     metrics = result["metrics"]
-    if "export" in metrics:
+    if "export" in metrics and not result.get("already_finished"):
         _check_export(metrics["export"], result["model"], result["source"])
     return 0
 
@@ -91,7 +117,7 @@ def _check_export(version_dir, model, source):
     report = verify_export(version_dir, model=model)
     print(format_report(version_dir, report))
     images, truth = [], []
-    for image, label in source.test.take(4):
+    for image, label in source.readable(source.test).take(4):
         if image.dtype != tf.string:
             image = tf.io.encode_png(tf.cast(image, tf.uint8))
         images.append(image.numpy())
@@ -116,13 +142,16 @@ def run_evaluate(args) -> int:
         check_png_output(args.confusion)
     from training.trainer import evaluate
 
+    from export.run_layout import RunLayout
+
     recipe_data = {}
     model_path = args.model
     if os.path.isdir(args.model):
-        model_path = os.path.join(args.model, "model.keras")
-        config_path = os.path.join(args.model, "config.json")
-        if os.path.exists(config_path):
-            recipe_data = json.load(open(config_path))["recipe"]
+        run = RunLayout(args.model)
+        model_path = run.model
+        if os.path.exists(run.config):
+            with open(run.config) as f:
+                recipe_data = json.load(f)["recipe"]
     if not os.path.exists(model_path):
         raise ValueError(f"model not found: {model_path}")
     dataset = args.dataset or recipe_data.get("dataset")
@@ -131,7 +160,8 @@ def run_evaluate(args) -> int:
     model = keras.saving.load_model(model_path)
     source = load_source(dataset, args.data_dir, test_split=args.test_split)
     size = keras_vit.model_image_size(model)
-    results = evaluate(model, make_pipeline(source.test, size, args.batch_size, training=False))
+    results = evaluate(model, make_pipeline(source.test, size, args.batch_size,
+                                            read=source.read))
     print(f"{source.name}: top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}  "
           f"loss {results['loss']:.4f}  ({results['num_examples']} examples)")
     report_per_class(model, make_pipeline(source.test, size, args.batch_size, training=False),

@@ -1,14 +1,17 @@
-"""Input pipelines: the sources (digits, TFDS, image folders) and one tf.data pipeline.
+"""Input pipelines: the sources (digits, TFDS, image folders) and the tf.data pipelines.
 
 Every image goes through :func:`keras_vit.preprocess_image` (decode, resize to the model's
 resolution), the same function the TF Serving export uses. Training adds the original's
-augmentation (inception crop + random horizontal flip) before it.
+augmentation (inception crop + random horizontal flip) before it, with stateless random ops
+keyed by (seed + epoch, position in the epoch's order): a resumed run sees exactly the crops
+the uninterrupted one would have. Each worker of a multi-worker run reads, decodes and
+evaluates only its own share (shard by position before reading: by file for folders).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -25,7 +28,9 @@ class DataError(ValueError):
 
 @dataclasses.dataclass
 class DataSource:
-    """Unbatched (image, label) datasets; images are uint8 (H, W, C) tensors or encoded bytes."""
+    """Unbatched (item, label) datasets. An item is a uint8 (H, W, C) image, encoded bytes,
+    or (with ``read``) a reference such as a file path that ``read`` turns into bytes; the
+    pipelines call ``read`` after sharding, so each worker reads only its own items."""
 
     name: str
     train: tf.data.Dataset
@@ -34,6 +39,14 @@ class DataSource:
     labels: List[str]
     num_train: int
     num_test: int
+    read: Optional[Callable] = None
+
+    def readable(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """``ds`` (train or test) with its items read: images or encoded bytes."""
+        if self.read is None:
+            return ds
+        return ds.map(lambda item, label: (self.read(item), label),
+                      num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def load_digits() -> DataSource:
@@ -55,12 +68,49 @@ def load_digits() -> DataSource:
         num_train=len(train), num_test=len(test))
 
 
+def _split_ranges(spec: str, splits) -> list:
+    """``train[:98%]+validation`` -> [(split name, first index, end index), ...]."""
+    import tensorflow_datasets as tfds
+    try:
+        parts = tfds.core.ReadInstruction.from_spec(spec).to_absolute(splits)
+    except (ValueError, KeyError, AssertionError) as error:
+        raise DataError(f"invalid split {spec!r}: {error}") from None
+    return [(p.splitname, p.from_ or 0,
+             splits[p.splitname].num_examples if p.to is None else p.to) for p in parts]
+
+
+def _check_disjoint(name: str, train_split: str, test_split: str, splits) -> None:
+    """Evaluation data must never be training data."""
+    for split, start, end in _split_ranges(train_split, splits):
+        for other, other_start, other_end in _split_ranges(test_split, splits):
+            if split == other and max(start, other_start) < min(end, other_end):
+                raise DataError(
+                    f"tfds:{name}: the test split {test_split!r} overlaps the training split "
+                    f"{train_split!r} (examples {max(start, other_start)}.."
+                    f"{min(end, other_end) - 1} of {split!r}); choose disjoint ones, e.g. "
+                    f"--train-split '{split}[:98%]' --test-split '{split}[98%:]'")
+
+
+def _default_test_split(name: str, train_split: Optional[str], splits) -> str:
+    """``test``, else ``validation``, else the 2% of ``train`` the default training split
+    leaves out (the paper's minival)."""
+    for candidate in ("test", "validation"):
+        if candidate in splits:
+            return candidate
+    if train_split is None:
+        return "train[98%:]"
+    raise DataError(f"tfds:{name} has no test or validation split, so --train-split "
+                    f"{train_split!r} needs an explicit --test-split that it does not cover "
+                    "(e.g. --train-split 'train[:98%]' --test-split 'train[98%:]')")
+
+
 def load_tfds(name: str, data_dir: Optional[str] = None, train_split: Optional[str] = None,
               test_split: Optional[str] = None, download: bool = True) -> DataSource:
     """A TFDS image-classification dataset, with the paper's splits by default.
 
     Training uses ``train[:98%]`` (the paper holds 2% out as minival); evaluation uses
-    ``test`` when the dataset has it, else ``validation``, else ``train[98%:]``.
+    ``test`` when the dataset has it, else ``validation``, else ``train[98%:]``. Splits that
+    would overlap are refused. Images stay encoded until after sharding.
     """
     import tensorflow_datasets as tfds
 
@@ -69,15 +119,17 @@ def load_tfds(name: str, data_dir: Optional[str] = None, train_split: Optional[s
     except Exception as error:  # tfds raises several types for unknown names
         raise DataError(f"unknown TFDS dataset {name!r}: {error}") from None
     splits = builder.info.splits
-    train_split = train_split or "train[:98%]"
     if test_split is None:
-        test_split = next((s for s in ("test", "validation") if s in splits),
-                          "train[98%:]" if len(splits) else "test")
+        test_split = _default_test_split(name, train_split, splits) if len(splits) else "test"
+    train_split = train_split or "train[:98%]"
+    if len(splits):
+        _check_disjoint(name, train_split, test_split, splits)
     label = builder.info.features["label"]
     image_key = next(k for k, f in builder.info.features.items()
                      if isinstance(f, tfds.features.Image))
     train_ds, test_ds = tfds.load(name, split=[train_split, test_split], data_dir=data_dir,
-                                  download=download, shuffle_files=False)
+                                  download=download, shuffle_files=False,
+                                  decoders={image_key: tfds.decode.SkipDecoding()})
 
     def pairs(ds):
         return ds.map(lambda ex: (ex[image_key], tf.cast(ex["label"], tf.int64)),
@@ -95,36 +147,69 @@ def load_tfds(name: str, data_dir: Optional[str] = None, train_split: Optional[s
         num_train=count(train_ds, train_split), num_test=count(test_ds, test_split))
 
 
+def _visible(names):
+    """Directory entries without hidden ones (``.ipynb_checkpoints``, ``.DS_Store``...)."""
+    return sorted(n.rstrip("/") for n in names if not n.startswith("."))
+
+
+def _check_images_decode(root: str, paths: List[str]) -> None:
+    """Every file decodes as an image; else a one-line error naming the (first) bad file."""
+    def check(index, path):
+        return index, tf.shape(decode_image(tf.io.read_file(path)))[0]
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).enumerate()
+    ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    good = {int(index) for index, _ in ds.as_numpy_iterator()}
+    bad = [path for index, path in enumerate(paths) if index not in good]
+    if bad:
+        try:
+            decode_image(tf.io.read_file(bad[0]))
+            reason = "cannot be read"
+        except tf.errors.OpError as error:
+            reason = error.message.strip().splitlines()[0]
+        raise DataError(f"{bad[0]} is not a readable image ({reason})"
+                        + (f"; {len(bad) - 1} more bad files in {root}" if len(bad) > 1
+                           else "") + ": fix or remove it")
+
+
 def load_folder(path: str, test_fraction: float = 0.2) -> DataSource:
-    """``path/<class>/<image>`` JPEG/PNG/BMP/GIF files; a fixed per-class split."""
-    if not os.path.isdir(path):
+    """``path/<class>/<image>`` JPEG/PNG/BMP/GIF files; a fixed per-class split.
+
+    Hidden folders and files are ignored. Every image is decoded once up front, so a corrupt
+    or truncated file stops the run before training with its name. Each class needs at least
+    2 images (one is held out for testing).
+    """
+    gfile = tf.io.gfile
+    if not gfile.isdir(path):
         raise DataError(f"image folder not found: {path}")
-    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    classes = [d for d in _visible(gfile.listdir(path)) if gfile.isdir(os.path.join(path, d))]
     if len(classes) < 2:
         raise DataError(f"{path} must hold one sub-folder per class (at least 2), "
                         f"found {len(classes)}")
     rng = np.random.default_rng(0)
     train, test = [], []
     for index, cls in enumerate(classes):
-        files = sorted(os.path.join(path, cls, f) for f in os.listdir(os.path.join(path, cls))
-                       if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise DataError(f"class folder {os.path.join(path, cls)} has no images "
-                            f"({', '.join(IMAGE_EXTENSIONS)})")
+        folder = os.path.join(path, cls)
+        files = [os.path.join(folder, f) for f in _visible(gfile.listdir(folder))
+                 if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if len(files) < 2:
+            raise DataError(f"class folder {folder} has {len(files)} images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}): each class needs at least 2, "
+                            "one is held out for testing")
         files = [files[i] for i in rng.permutation(len(files))]
-        cut = max(1, int(round(len(files) * test_fraction))) if len(files) > 1 else 0
+        cut = max(1, int(round(len(files) * test_fraction)))
         test += [(f, index) for f in files[:cut]]
         train += [(f, index) for f in files[cut:]]
+    _check_images_decode(path, [p for p, _ in train + test])
 
     def pairs(items):
         paths = tf.constant([p for p, _ in items], tf.string)
         labels = tf.constant([label for _, label in items], tf.int64)
-        return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
-            lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return tf.data.Dataset.from_tensor_slices((paths, labels))
 
     return DataSource(name=f"folder:{path}", train=pairs(train), test=pairs(test),
                       num_classes=len(classes), labels=classes,
-                      num_train=len(train), num_test=len(test))
+                      num_train=len(train), num_test=len(test), read=tf.io.read_file)
 
 
 def load_source(spec: str, data_dir: Optional[str] = None, train_split: Optional[str] = None,
@@ -140,40 +225,101 @@ def load_source(spec: str, data_dir: Optional[str] = None, train_split: Optional
                     "'folder:PATH'")
 
 
-def inception_crop(image: tf.Tensor, area_min: float, seed=None) -> tf.Tensor:
-    """Random crop of 5%..100% area and 3/4..4/3 aspect ratio (the original's augmentation)."""
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), area_range=(area_min, 1.0),
-        aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0,
-        use_image_if_no_bounding_boxes=True, seed=seed or 0)
+def inception_crop(image: tf.Tensor, area_min: float, seed) -> tf.Tensor:
+    """Random crop of ``area_min``..100% area and 3/4..4/3 aspect ratio (the original's
+    augmentation); stateless: the same ``seed`` (shape [2]) gives the same crop."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
+        area_range=(area_min, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0,
+        use_image_if_no_bounding_boxes=True)
     return tf.slice(image, begin, size)
 
 
-def make_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, training: bool,
-                  crop_area_min: Optional[float] = None, flip: bool = False,
-                  shuffle_buffer: int = 10_000, seed: int = 0,
-                  drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
-    """Batched (float32 pixels in [0, 255], int64 labels), parallel map, prefetch.
-
-    Deterministic for a given ``seed``; training shuffles (one epoch per call).
-    """
-    def prepare(image, label):
-        if training and crop_area_min is not None:
-            if image.dtype == tf.string:
-                image = decode_image(image)
-            image = inception_crop(image, crop_area_min)
-        image = preprocess_image(image, image_size)
-        if training and flip:
-            image = tf.image.random_flip_left_right(image)
-        return image, label
-
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None
-                  else drop_remainder)
+def _options() -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
+    # Sharding is done by the pipelines themselves (by position, before reading).
     options.experimental_distribute.auto_shard_policy = \
-        tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+        tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def _shard(ds, input_context):
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return ds
+
+
+def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, seed: int,
+                        crop_area_min: Optional[float] = None, flip: bool = False,
+                        read: Optional[Callable] = None, skip_steps: int = 0,
+                        num_steps: Optional[int] = None, input_context=None,
+                        shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+    """One epoch of shuffled, augmented (float32 pixels in [0, 255], int64 labels) batches.
+
+    The order and every augmentation are functions of ``seed`` (the run's seed + epoch) and
+    the example's position in that order, whatever the number of workers and wherever the
+    epoch starts: ``skip_steps`` (a resume) skips before reading anything; ``num_steps``
+    limits the epoch. ``batch_size`` is the per-replica batch when ``input_context``
+    (tf.distribute) is given; a step takes one batch per replica.
+    """
+    def prepare(position, item, label):
+        if crop_area_min is not None or flip:
+            keys = tf.random.experimental.stateless_split(
+                tf.stack([tf.cast(seed, tf.int64), position]), 2)
+        image = read(item) if read is not None else item
+        if crop_area_min is not None:
+            if image.dtype == tf.string:
+                image = decode_image(image)
+            image = inception_crop(image, crop_area_min, keys[0])
+        image = preprocess_image(image, image_size)
+        if flip:
+            image = tf.image.stateless_random_flip_left_right(image, keys[1])
+        return image, label
+
+    replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
+                     if input_context is not None else 1)
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False).enumerate()
+    ds = _shard(ds, input_context).skip(skip_steps * replicas_here * batch_size)
+    ds = ds.map(lambda position, example: prepare(position, *example),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if num_steps is not None:
+        ds = ds.take(num_steps * replicas_here)
+    return ds.with_options(_options()).prefetch(tf.data.AUTOTUNE)
+
+
+def _read_and_resize(read, image_size):
+    """(item, label) -> (model-resolution float32 pixels, label), for evaluation."""
+    def prepare(item, label):
+        image = read(item) if read is not None else item
+        return preprocess_image(image, image_size), label
+    return prepare
+
+
+def make_eval_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, num_examples: int,
+                       global_batch_size: int, read: Optional[Callable] = None,
+                       input_context=None) -> tf.data.Dataset:
+    """This worker's share of the test set in batches of ``batch_size`` (per replica),
+    padded with label -1 so that every replica runs the same number of steps."""
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    steps = -(-num_examples // global_batch_size)
+    per_pipeline = steps * global_batch_size // pipelines
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    ds = _shard(ds, input_context)
+    ds = ds.map(_read_and_resize(read, image_size), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    padding = tf.data.Dataset.from_tensors(
+        (tf.zeros([height, width, 3], tf.float32), tf.constant(-1, tf.int64))).repeat()
+    ds = ds.concatenate(padding).take(per_pipeline)
+    return ds.batch(batch_size, drop_remainder=True).with_options(_options()).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def make_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *,
+                  read: Optional[Callable] = None) -> tf.data.Dataset:
+    """Plain evaluation batches (no padding, no augmentation), e.g. for ``keras-vit
+    evaluate``. Training goes through :func:`make_train_pipeline`."""
+    ds = ds.map(_read_and_resize(read, image_size), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.batch(batch_size).with_options(_options()).prefetch(tf.data.AUTOTUNE)

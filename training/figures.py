@@ -5,6 +5,7 @@ size: ``FIGURE_SIZES[name]`` inches at :data:`DPI`.
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Dict, Optional, Sequence
 
@@ -27,6 +28,16 @@ def _figure(name: str):
 
 
 def _save(figure, path: str) -> str:
+    """Writes the PNG through tf.io.gfile when ``path`` is on another filesystem (a run
+    directory may be on ``gs://``)."""
+    if "://" in path:
+        import tensorflow as tf
+        buffer = io.BytesIO()
+        figure.savefig(buffer, dpi=DPI, format="png")
+        _pyplot().close(figure)
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(buffer.getvalue())
+        return path
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"cannot write {path}: directory {directory} does not exist")
@@ -246,8 +257,8 @@ def read_scalars(log_dir: str, names: Sequence[str] = ("loss", "accuracy"),
     import tensorflow as tf
 
     found: Dict[str, Dict[int, float]] = {name: {} for name in names}
-    files = sorted(f for f in (os.listdir(log_dir) if os.path.isdir(log_dir) else [])
-                   if "tfevents" in f)
+    files = sorted(f for f in (tf.io.gfile.listdir(log_dir) if tf.io.gfile.isdir(log_dir)
+                               else []) if "tfevents" in f)
     for filename in files:
         for record in tf.data.TFRecordDataset(os.path.join(log_dir, filename)):
             event = tf.compat.v1.Event.FromString(record.numpy())
@@ -263,10 +274,12 @@ def read_scalars(log_dir: str, names: Sequence[str] = ("loss", "accuracy"),
 def write_training_curves(run_dir: Optional[str]) -> Optional[str]:
     """``RUN/curves.png`` from the run's TensorBoard logs (``RUN/logs/train``), the same
     numbers TensorBoard shows; None when the run logged nothing."""
+    from export.run_layout import RunLayout
     if not run_dir:
         return None
-    series = read_scalars(os.path.join(run_dir, "logs", "train"))
+    layout = RunLayout(run_dir)
+    series = read_scalars(os.path.join(layout.logs, "train"))
     if not any(len(steps) for steps, _ in series.values()):
         return None
-    return curves_figure(os.path.join(run_dir, "curves.png"), series,
-                         title=f"Training curves: {os.path.basename(os.path.abspath(run_dir))}")
+    name = os.path.basename(run_dir.rstrip("/")) or run_dir
+    return curves_figure(layout.curves, series, title=f"Training curves: {name}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import keras
@@ -33,6 +34,24 @@ class Recipe:
     dropout_rate: float = 0.0
     crop_area_min: Optional[float] = 0.05   # inception crop; None: plain resize
     flip: bool = True
+
+    def validate(self) -> "Recipe":
+        """Raises ValueError naming the first field (and its flag) that no run can use."""
+        def bad(field, need, value):
+            raise ValueError(f"{field.replace('_', '-')} must be {need} (got {value!r}; "
+                             f"flag --{field.replace('_', '-')})")
+
+        for field in ("batch_size", "image_size", "steps", "epochs"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                bad(field, "a positive integer", value)
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            bad("warmup_steps", "a non-negative integer", self.warmup_steps)
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < math.inf):
+            bad("learning_rate", "a finite positive number", self.learning_rate)
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
+            bad("weight_decay", "a finite number >= 0", self.weight_decay)
+        return self
 
     def replace(self, **overrides) -> "Recipe":
         """A copy with the given fields changed; ``None`` means "keep the recipe's"."""
@@ -92,16 +111,15 @@ def make_schedule(recipe: Recipe, total_steps: int):
     raise ValueError(f"unknown schedule {recipe.schedule!r}: expected 'cosine' or 'linear'")
 
 
-def make_optimizer(recipe: Recipe, total_steps: int, clip_in_optimizer: bool = False):
-    """The recipe's optimizer. Clipping is done by the trainer on the all-reduced gradient;
-    ``clip_in_optimizer`` moves it into the optimizer (needed under loss scaling)."""
+def make_optimizer(recipe: Recipe, total_steps: int):
+    """The recipe's optimizer, without clipping: the trainer clips the all-reduced gradient
+    by its global norm, in every precision (``training.trainer.make_train_step``)."""
     schedule = make_schedule(recipe, total_steps)
-    clip = dict(global_clipnorm=recipe.clip_global_norm) if clip_in_optimizer else {}
     if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=recipe.momentum, **clip)
+        return keras.optimizers.SGD(schedule, momentum=recipe.momentum)
     if recipe.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay,
-                                           beta_1=recipe.beta_1, beta_2=recipe.beta_2, **clip)
+                                           beta_1=recipe.beta_1, beta_2=recipe.beta_2)
         optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
         return optimizer
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}: expected 'sgd' or 'adamw'")

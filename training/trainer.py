@@ -1,15 +1,18 @@
 """The training loop: a custom ``strategy.run`` loop that works under every tf.distribute
 strategy (Keras 3's ``Model.fit`` fails under MultiWorkerMirroredStrategy,
 keras-team/keras#20585), with checkpoints that survive a kill, a NaN guard, TensorBoard
-logs and the run directory of the design contract.
+logs and the run directory of the design contract (``export/run_layout.py``).
+
+A run is four named steps: :func:`_set_up` (validate, choose the data), :func:`_create_state`
+(model, optimizer, checkpoint, restore), :func:`_train_loop` and :func:`_finish` (distributed
+evaluation, model, export, metrics). Run directories are written through ``tf.io.gfile``, so
+any TensorFlow filesystem works for them.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import shutil
 import signal
 import time
 from typing import Optional
@@ -19,7 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 import keras_vit
-from training.data import DataSource, load_source, make_pipeline
+from export.run_layout import CONFIG, RunLayout
+from training.data import (DataError, DataSource, load_source, make_eval_pipeline,
+                           make_train_pipeline)
 from training.distribute import worker_info
 from training.recipes import TINY_MODEL, Recipe, make_optimizer
 
@@ -48,15 +53,54 @@ class RunConfig:
     seed: int = 0
     export: bool = True
 
+    def validate(self) -> "RunConfig":
+        """Raises ValueError naming the first setting no run can use."""
+        self.recipe.validate()
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: expected one of "
+                             f"{', '.join(PRECISIONS)}")
+        for name in ("checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be a positive integer "
+                                 f"(got {value!r})")
+        return self
+
     def to_json(self):
         data = dataclasses.asdict(self)
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text):
-        data = json.loads(text)
-        data["recipe"] = Recipe(**data["recipe"])
-        return cls(**data)
+    def from_json(cls, text, source: str = CONFIG):
+        """Parses ``text``; errors (ValueError) name ``source`` and the offending key."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source}: not valid JSON ({error})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
+            raise ValueError(f"{source}: expected a run configuration with a 'recipe' object")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)}) + sorted(
+            f"recipe.{k}" for k in set(data["recipe"]) -
+            {f.name for f in dataclasses.fields(Recipe)})
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)} (written by "
+                             "another version of keras-vit?)")
+        try:
+            data["recipe"] = Recipe(**data["recipe"])
+            return cls(**data)
+        except TypeError as error:  # a missing key
+            raise ValueError(f"{source}: {error}") from None
+
+
+def load_run_config(run_dir: str) -> RunConfig:
+    """The RunConfig of an existing run directory (for ``--resume``)."""
+    path = RunLayout(run_dir).config
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"--resume: {path} not found (not a keras-vit run directory)")
+    with tf.io.gfile.GFile(path) as f:
+        config = RunConfig.from_json(f.read(), source=path)
+    config.output = run_dir
+    return config
 
 
 def build_model(recipe: Recipe, num_classes: int, weights: Optional[str] = None):
@@ -105,8 +149,10 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
     """The distributed training step ``(images, labels) -> (mean loss, top-1 correct)``.
 
     Loss averaged over the global batch; with ``clip_global_norm`` the gradient is clipped
-    by its global (all-replica) norm, as the paper does; with ``loss_scaling`` the optimizer
-    is a ``LossScaleOptimizer`` (which then also does any clipping itself).
+    by its global norm after the all-reduce, as the paper does, in every precision; with
+    ``loss_scaling`` the optimizer is a ``LossScaleOptimizer`` and the scaled gradient is
+    clipped at the scaled threshold (the same clip; a non-finite gradient stays non-finite,
+    so the optimizer still skips that step and lowers the scale).
     """
     replicas = strategy.num_replicas_in_sync
 
@@ -123,7 +169,10 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
             context = tf.distribute.get_replica_context()
             if replicas > 1:
                 grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            grads, _ = tf.clip_by_global_norm(grads, clip_global_norm)
+            threshold = clip_global_norm
+            if loss_scaling:
+                threshold = clip_global_norm * tf.cast(optimizer.dynamic_scale, tf.float32)
+            grads, _ = tf.clip_by_global_norm(grads, threshold)
             if replicas > 1:
                 grads = [g / replicas for g in grads]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -142,21 +191,34 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
     return train_step
 
 
-def evaluate(model, dataset) -> dict:
-    """Top-1 / top-5 accuracy and mean loss of ``model`` on a batched dataset."""
+def _evaluation_sums(model, images, labels):
+    """(summed loss, top-1 hits, top-5 hits, count) of a batch; label -1 marks padding."""
+    logits = tf.cast(model(images, training=False), tf.float32)
+    keep = labels >= 0
+    labels, logits = tf.boolean_mask(labels, keep), tf.boolean_mask(logits, keep)
+    loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                      from_logits=True))
+    return (loss, _top_k_correct(labels, logits, 1), _top_k_correct(labels, logits, 5),
+            tf.cast(tf.shape(labels)[0], tf.float32))
+
+
+def evaluate(model, dataset, strategy=None) -> dict:
+    """Top-1 / top-5 accuracy and mean loss of ``model`` on a batched dataset (with
+    ``strategy``: a distributed one, each replica evaluating its share)."""
+    strategy = strategy or tf.distribute.get_strategy()
+
     @tf.function
     def step(images, labels):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
-            labels, logits, from_logits=True))
-        top1, top5 = _top_k_correct(labels, logits, 1), _top_k_correct(labels, logits, 5)
-        return loss, top1, top5, tf.cast(tf.shape(labels)[0], tf.float32)
+        sums = strategy.run(lambda x, y: _evaluation_sums(model, x, y), args=(images, labels))
+        return tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None)
+                         for s in sums])
 
-    totals = np.zeros(4)
+    totals = tf.zeros([4])
     for images, labels in dataset:
-        totals += np.array([float(t) for t in step(images, labels)])
-    count = max(totals[3], 1.0)
-    return {"top1": totals[1] / count, "top5": totals[2] / count, "loss": totals[0] / count,
+        totals += step(images, labels)  # summed on the device: one host sync at the end
+    loss, top1, top5, count = (float(t) for t in totals.numpy())
+    count = max(count, 1.0)
+    return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count,
             "num_examples": int(totals[3])}
 
 
@@ -174,147 +236,385 @@ def train(config: RunConfig, strategy, resume: bool = False, source: DataSource 
         keras.config.set_dtype_policy(previous_policy)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What :func:`_set_up` decided: fixed for the whole run."""
+
+    config: RunConfig
+    strategy: object
+    layout: RunLayout
+    source: DataSource
+    resume: bool
+    verbose: bool
+    is_chief: bool
+    task_id: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def recipe(self):
+        return self.config.recipe
+
+    @property
+    def loss_scaling(self):
+        return self.config.precision == "mixed_float16"
+
+    def say(self, text):
+        if self.verbose and self.is_chief:
+            print(text, flush=True)
+
+
+@dataclasses.dataclass
+class _State:
+    """What :func:`_create_state` built: the model, its optimizer and their checkpoint."""
+
+    model: object
+    optimizer: object
+    step_var: tf.Variable
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    step: int
+
+
 def _train(config, strategy, resume, source, verbose):
+    run = _set_up(config, strategy, resume, source, verbose)
+    state = _create_state(run)
+    if state.step > run.total_steps:
+        raise ValueError(f"the run in {run.layout.root} is at step {state.step}, beyond the "
+                         f"{run.total_steps} steps asked: --steps/--epochs can only lengthen it")
+    finished = _finished_metrics(run, state)
+    if finished is not None:
+        run.say(f"keras-vit train: {run.layout.root} already finished at step {state.step}; "
+                "nothing to do")
+        return {"metrics": finished, "model": state.model, "source": run.source,
+                "already_finished": True}
+    loop = _train_loop(run, state)
+    return _finish(run, state, loop)
+
+
+def _set_up(config, strategy, resume, source, verbose) -> _Run:
+    """Validates the configuration and the run directory, loads the data."""
+    config.validate()
     recipe = config.recipe
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {config.precision!r}: expected one of "
-                         f"{', '.join(PRECISIONS)}")
     replicas = strategy.num_replicas_in_sync
     if recipe.batch_size % replicas:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by the "
                          f"{replicas} replicas of the strategy")
     is_chief, task_id = worker_info(strategy)
-    ckpt_dir = os.path.join(config.output, "checkpoints")
-    if os.path.isdir(ckpt_dir) and tf.train.latest_checkpoint(ckpt_dir) and not resume:
-        raise TrainingError(f"{config.output} already holds a run with checkpoints; pass "
-                            "--resume to continue it or choose another --output")
-    if resume and not tf.train.latest_checkpoint(ckpt_dir):
-        raise TrainingError(f"--resume: no checkpoint in {ckpt_dir}")
-
+    layout = RunLayout(config.output)
+    _check_run_directory(layout, resume, config.export)
     keras.config.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)  # same initial weights for the same --seed
     source = source or load_source(recipe.dataset, config.data_dir, config.train_split,
                                    config.test_split)
+    if source.num_test == 0:
+        raise DataError(f"{source.name}: the test split is empty")
     steps_per_epoch = source.num_train // recipe.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {recipe.batch_size} is larger than the "
                          f"{source.num_train} training examples")
     total_steps = recipe.steps or (recipe.epochs or 1) * steps_per_epoch
-    loss_scaling = config.precision == "mixed_float16"
+    return _Run(config, strategy, layout, source, resume, verbose, is_chief, task_id,
+                steps_per_epoch, total_steps)
 
-    with strategy.scope():
-        model = build_model(recipe, source.num_classes, config.weights)
-        optimizer = make_optimizer(recipe, total_steps, clip_in_optimizer=loss_scaling)
-        if loss_scaling:
+
+def _check_run_directory(layout: RunLayout, resume: bool, export: bool) -> None:
+    """Never overwrite what the user has: another run, or a directory that is not a run."""
+    gfile = tf.io.gfile
+    if export and "://" in layout.root:
+        raise ValueError(f"--output {layout.root}: the TF Serving export is written to the "
+                         "local disk only; pass --no-export for a run directory on another "
+                         "filesystem (and export a local copy of its model.keras)")
+    latest = tf.train.latest_checkpoint(layout.checkpoints) \
+        if gfile.isdir(layout.checkpoints) else None
+    if resume:
+        if not latest:
+            raise TrainingError(f"--resume: no checkpoint in {layout.checkpoints}")
+        return
+    if latest:
+        raise TrainingError(f"{layout.root} already holds a run with checkpoints; pass "
+                            "--resume to continue it or choose another --output")
+    if gfile.exists(layout.root) and not gfile.isdir(layout.root):
+        raise TrainingError(f"--output {layout.root} is a file, not a directory")
+    if gfile.isdir(layout.root) and gfile.listdir(layout.root) and \
+            not gfile.exists(layout.config):
+        raise TrainingError(f"--output {layout.root} exists and is not a keras-vit run "
+                            f"directory (no {CONFIG}); choose another --output")
+
+
+def _write_text(path: str, text: str) -> None:
+    """Writes ``path`` whole or not at all (temporary file, then rename), on any filesystem."""
+    partial = path + ".partial"
+    with tf.io.gfile.GFile(partial, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(partial, path, overwrite=True)
+
+
+def _create_state(run: _Run) -> _State:
+    """Model and optimizer in the strategy's scope, their checkpoint, restored on resume."""
+    recipe = run.recipe
+    with run.strategy.scope():
+        model = build_model(recipe, run.source.num_classes, run.config.weights)
+        optimizer = make_optimizer(recipe, run.total_steps)
+        if run.loss_scaling:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-
-    if is_chief:
-        os.makedirs(config.output, exist_ok=True)
-        with open(os.path.join(config.output, "config.json"), "w") as f:
-            f.write(config.to_json())
-    # tf.distribute: every worker saves (collectives), non-chiefs to a scratch directory.
-    write_dir = ckpt_dir if is_chief else os.path.join(config.output, f".worker{task_id}-ckpt")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+    # tf.distribute: every worker saves (collectives), non-chiefs to a scratch directory.
+    write_dir = run.layout.checkpoints if run.is_chief else \
+        os.path.join(run.layout.scratch(run.task_id), "checkpoints")
+    if not run.is_chief and tf.io.gfile.exists(write_dir):
+        tf.io.gfile.rmtree(write_dir)  # a stale scratch of an earlier attempt
     manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=3)
-    if resume:
-        checkpoint.restore(tf.train.latest_checkpoint(ckpt_dir)).assert_existing_objects_matched()
-    step = int(step_var.numpy())
-    if verbose and is_chief:
-        print(f"keras-vit train: {recipe.model} on {source.name} ({source.num_train} train / "
-              f"{source.num_test} test), {total_steps} steps of {recipe.batch_size} on "
-              f"{replicas} replica(s), {config.precision}"
-              + (f", resumed at step {step}" if resume else ""), flush=True)
+    if run.resume:
+        latest = tf.train.latest_checkpoint(run.layout.checkpoints)
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    if run.is_chief:
+        tf.io.gfile.makedirs(run.layout.root)
+        _write_text(run.layout.config, run.config.to_json())
+    state = _State(model, optimizer, step_var, checkpoint, manager, int(step_var.numpy()))
+    run.say(f"keras-vit train: {recipe.model} on {run.source.name} ({run.source.num_train} "
+            f"train / {run.source.num_test} test), {run.total_steps} steps of "
+            f"{recipe.batch_size} on {run.strategy.num_replicas_in_sync} replica(s), "
+            f"{run.config.precision}" + (f", resumed at step {state.step}" if run.resume
+                                         else ""))
+    return state
 
-    train_step = make_train_step(model, optimizer, strategy, recipe.batch_size,
-                                 clip_global_norm=None if loss_scaling else recipe.clip_global_norm,
-                                 loss_scaling=loss_scaling, jit_compile=config.jit_compile)
 
-    log_dir = os.path.join(config.output, "logs", "train")
-    writer = tf.summary.create_file_writer(log_dir) if is_chief else tf.summary.create_noop_writer()
-    progbar = keras.utils.Progbar(total_steps, stateful_metrics=["loss", "accuracy",
-                                                                 "examples/s"],
-                                  verbose=1 if (verbose and is_chief) else 0)
-    step_times, window = [], {"loss": 0.0, "correct": 0.0, "n": 0}
-    start_wall = time.time()
-    stopped_by = None
-    with _StopSignal() as stop:
-        while step < total_steps and stopped_by is None:
-            epoch, offset = divmod(step, steps_per_epoch)
-            ds = make_pipeline(source.train, recipe.image_size, recipe.batch_size,
-                               training=True, crop_area_min=recipe.crop_area_min,
-                               flip=recipe.flip, seed=config.seed + epoch).skip(offset)
-            for images, labels in strategy.experimental_distribute_dataset(ds):
-                t0 = time.perf_counter()
-                loss, correct = train_step(images, labels)
-                loss = float(loss)
-                step_times.append(time.perf_counter() - t0)
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss} at step {step + 1}: the run diverged (try a lower "
-                        f"--learning-rate). The last good checkpoint is kept in {ckpt_dir}")
-                step += 1
-                window["loss"] += loss
-                window["correct"] += float(correct)
-                window["n"] += 1
-                if step % config.log_every == 0 or step == total_steps:
-                    rate = recipe.batch_size / np.median(step_times[-config.log_every:])
-                    acc = window["correct"] / (window["n"] * recipe.batch_size)
-                    progbar.update(step, [("loss", window["loss"] / window["n"]),
-                                          ("accuracy", acc), ("examples/s", rate)])
-                    with writer.as_default(step=step):
-                        tf.summary.scalar("loss", window["loss"] / window["n"])
-                        tf.summary.scalar("accuracy", acc)
-                        tf.summary.scalar("examples_per_second", rate)
-                        tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
-                    window = {"loss": 0.0, "correct": 0.0, "n": 0}
-                if step % config.checkpoint_every == 0 or step == total_steps or stop.received:
-                    step_var.assign(step)
-                    manager.save(checkpoint_number=step)
-                if stop.received:
-                    stopped_by = stop.received
-                    break
-                if step >= total_steps:
-                    break
-    writer.flush()
-    if not is_chief:
-        shutil.rmtree(write_dir, ignore_errors=True)
-    if stopped_by is not None:
-        raise TrainingError(f"stopped by signal {stopped_by} at step {step}; checkpoint "
-                            f"saved, continue with --resume --output {config.output}")
+def _finished_metrics(run: _Run, state: _State) -> Optional[dict]:
+    """The metrics of a resumed run that had already finished (else None)."""
+    if state.step < run.total_steps or not tf.io.gfile.exists(run.layout.metrics):
+        return None
+    with tf.io.gfile.GFile(run.layout.metrics) as f:
+        metrics = json.load(f)
+    return metrics if metrics.get("steps") == state.step else None
 
-    test_ds = make_pipeline(source.test, recipe.image_size, recipe.batch_size, training=False)
-    results = evaluate(model, test_ds)
-    examples_per_second = (recipe.batch_size / float(np.median(step_times))
-                           if step_times else None)
+
+class _Stopped(Exception):
+    """Every worker has saved a checkpoint at the same step after a stop signal."""
+
+
+class _Guard:
+    """Saves only checkpoints that hold finite weights giving finite logits.
+
+    The loss of step k comes from the weights before update k, so a finite loss does not
+    clear the weights a checkpoint would hold: before each save, a forward pass on the last
+    batch (and a check of every weight and optimizer slot) does.
+    """
+
+    def __init__(self, run: _Run, state: _State):
+        self.run, self.state = run, state
+        strategy, model, optimizer = run.strategy, state.model, state.optimizer
+        floats = [v for v in list(model.weights) + list(optimizer.variables)
+                  if tf.as_dtype(v.dtype).is_floating]
+
+        def replica_bad(images, labels):
+            logits = tf.cast(model(images, training=False), tf.float32)
+            finite = [tf.reduce_all(tf.math.is_finite(logits))]
+            finite += [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v)))
+                       for v in floats]
+            return 1.0 - tf.cast(tf.reduce_all(tf.stack(finite)), tf.float32)
+
+        @tf.function
+        def bad(images, labels):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                   strategy.run(replica_bad, args=(images, labels)), axis=None)
+
+        self._bad = bad
+        self._saved = None
+
+    def diverged(self, step, what):
+        latest = tf.train.latest_checkpoint(self.run.layout.checkpoints) \
+            if tf.io.gfile.isdir(self.run.layout.checkpoints) else None
+        kept = (f"the last good checkpoint, {latest}, is kept" if latest else
+                "no checkpoint had been saved yet")
+        return TrainingError(f"{what} at step {step}: the run diverged (try a lower "
+                         f"--learning-rate); {kept}")
+
+    def save(self, step, batch):
+        if step == self._saved:
+            return
+        if float(self._bad(*batch)) > 0:
+            raise self.diverged(step, "the weights give non-finite outputs")
+        self.state.step_var.assign(step)
+        self.state.manager.save(checkpoint_number=step)
+        self._saved = step
+
+
+class _Preemption:
+    """Stops every worker at the same step with a checkpoint on SIGTERM/SIGINT.
+
+    One process: its own signal. Several workers: the signal of any one of them, agreed
+    through TensorFlow's ``PreemptionCheckpointHandler`` (coordination service), so that the
+    others do not block at the next collective.
+    """
+
+    def __init__(self, run: _Run, stop: _StopSignal, save):
+        self.stop, self.save, self.handler = stop, save, None
+        resolver = getattr(run.strategy, "cluster_resolver", None)
+        if resolver is not None and _num_workers(resolver) > 1:
+            def exit_fn():
+                raise _Stopped()
+
+            self.handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+                resolver, tf.train.Checkpoint(),
+                checkpoint_dir=os.path.join(run.layout.scratch(run.task_id), "preemption"),
+                termination_config=tf.distribute.experimental.TerminationConfig(
+                    termination_watcher_fn=lambda: stop.received is not None,
+                    exit_fn=exit_fn, grace_period=0, save_fn=lambda: save()))
+
+    def check(self):
+        """After each step: on a (cluster-wide) stop, save and raise _Stopped."""
+        if self.handler is not None:
+            self.handler.save_checkpoint_if_preempted()
+        elif self.stop.received is not None:
+            self.save()
+            raise _Stopped()
+
+
+def _num_workers(resolver) -> int:
+    jobs = resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(job, [])) for job in ("chief", "worker"))
+
+
+class _Window:
+    """The steps since the last log: losses stay on the device until :meth:`flush`."""
+
+    def __init__(self, step):
+        self.start_step, self.start_time = step, time.perf_counter()
+        self.losses, self.corrects = [], []
+
+    def add(self, loss, correct):
+        self.losses.append(loss)
+        self.corrects.append(correct)
+
+    def flush(self, guard: _Guard, batch_size: int):
+        """(mean loss, accuracy, examples/s) of the window; raises on a non-finite loss."""
+        losses = tf.stack(self.losses).numpy()  # the one host sync of the window
+        elapsed = time.perf_counter() - self.start_time
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise guard.diverged(self.start_step + int(bad[0]) + 1,
+                                 f"loss became {losses[bad[0]]}")
+        correct = float(tf.add_n(self.corrects))
+        n = len(losses)
+        return float(losses.mean()), correct / (n * batch_size), n * batch_size / elapsed
+
+
+def _distributed_epoch(run: _Run, epoch: int, first_step: int):
+    """The steps ``first_step..steps_per_epoch`` of ``epoch``, each worker its share."""
+    recipe, strategy = run.recipe, run.strategy
+
+    def dataset_fn(context):
+        return make_train_pipeline(
+            run.source.train, recipe.image_size,
+            context.get_per_replica_batch_size(recipe.batch_size), seed=run.config.seed + epoch,
+            crop_area_min=recipe.crop_area_min, flip=recipe.flip, read=run.source.read,
+            skip_steps=first_step, num_steps=run.steps_per_epoch - first_step,
+            input_context=context)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _train_loop(run: _Run, state: _State) -> dict:
+    """Trains from ``state.step`` to the last step; returns the speed figures."""
+    config, recipe = run.config, run.recipe
+    train_step = make_train_step(state.model, state.optimizer, run.strategy, recipe.batch_size,
+                                 clip_global_norm=recipe.clip_global_norm,
+                                 loss_scaling=run.loss_scaling, jit_compile=config.jit_compile)
+    guard = _Guard(run, state)
+    writer = tf.summary.create_file_writer(os.path.join(run.layout.logs, "train")) \
+        if run.is_chief else tf.summary.create_noop_writer()
+    progbar = keras.utils.Progbar(run.total_steps, stateful_metrics=["loss", "accuracy",
+                                                                     "examples/s"],
+                                  verbose=1 if (run.verbose and run.is_chief) else 0)
+    rates, start_wall, last = [], time.time(), None
+    window = _Window(state.step)
+    try:
+        with _StopSignal() as stop:
+            preemption = _Preemption(run, stop, lambda: guard.save(state.step, last))
+            while state.step < run.total_steps:
+                epoch, offset = divmod(state.step, run.steps_per_epoch)
+                for images, labels in _distributed_epoch(run, epoch, offset):
+                    last = (images, labels)
+                    window.add(*train_step(images, labels))
+                    state.step += 1
+                    step = state.step
+                    saving = step % config.checkpoint_every == 0 or step == run.total_steps
+                    if step % config.log_every == 0 or saving:
+                        loss, accuracy, rate = window.flush(guard, recipe.batch_size)
+                        rates.append(rate)
+                        _log(writer, progbar, state, step, loss, accuracy, rate)
+                        window = _Window(step)
+                    if saving:
+                        guard.save(step, last)
+                    preemption.check()
+                    if step >= run.total_steps:
+                        break
+    except _Stopped:
+        raise TrainingError(f"stopped by a signal at step {state.step} (this worker's or "
+                            "another's); checkpoint saved, continue with --resume --output "
+                            f"{config.output}") from None
+    finally:
+        writer.flush()
+        if not run.is_chief and tf.io.gfile.exists(run.layout.scratch(run.task_id)):
+            tf.io.gfile.rmtree(run.layout.scratch(run.task_id))
+    # The first window includes tracing and compilation: leave it out when there are others.
+    speed = float(np.median(rates[1:] if len(rates) > 1 else rates)) if rates else None
+    return {"examples_per_second": speed, "wall_time_s": time.time() - start_wall}
+
+
+def _log(writer, progbar, state, step, loss, accuracy, rate):
+    progbar.update(step, [("loss", loss), ("accuracy", accuracy), ("examples/s", rate)])
+    with writer.as_default(step=step):
+        tf.summary.scalar("loss", loss)
+        tf.summary.scalar("accuracy", accuracy)
+        tf.summary.scalar("examples_per_second", rate)
+        tf.summary.scalar("learning_rate", float(state.optimizer.learning_rate))
+
+
+def _finish(run: _Run, state: _State, loop: dict) -> dict:
+    """Distributed evaluation on the test split; the chief writes model, export, metrics."""
+    recipe, source = run.recipe, run.source
+
+    def dataset_fn(context):
+        return make_eval_pipeline(
+            source.test, recipe.image_size, context.get_per_replica_batch_size(
+                recipe.batch_size), num_examples=source.num_test,
+            global_batch_size=recipe.batch_size, read=source.read, input_context=context)
+
+    results = evaluate(state.model, run.strategy.distribute_datasets_from_function(dataset_fn),
+                       run.strategy)
     metrics = {
         "top1": results["top1"], "top5": results["top5"], "test_loss": results["loss"],
-        "num_test_examples": results["num_examples"], "steps": step,
-        "examples_per_second": examples_per_second,
-        "wall_time_s": time.time() - start_wall, "dataset": source.name,
-        "model": recipe.model, "recipe": recipe.name, "strategy": config.strategy,
-        "replicas": replicas, "precision": config.precision,
+        "num_test_examples": results["num_examples"], "steps": state.step,
+        "examples_per_second": loop["examples_per_second"],
+        "wall_time_s": loop["wall_time_s"], "dataset": source.name,
+        "model": recipe.model, "recipe": recipe.name, "strategy": run.config.strategy,
+        "replicas": run.strategy.num_replicas_in_sync, "precision": run.config.precision,
     }
-    if is_chief:
-        _write_outputs(config, model, source, metrics, verbose)
-    return {"metrics": metrics, "model": model, "source": source}
+    if run.is_chief:
+        _write_outputs(run, state.model, metrics)
+    return {"metrics": metrics, "model": state.model, "source": source}
 
 
-def _write_outputs(config, model, source, metrics, verbose):
-    with open(os.path.join(config.output, "labels.txt"), "w") as f:
-        f.write("\n".join(source.labels) + "\n")
-    model.save(os.path.join(config.output, "model.keras"))
-    if config.export:
+def _write_outputs(run: _Run, model, metrics):
+    layout = run.layout
+    _write_text(layout.labels, "\n".join(run.source.labels) + "\n")
+    partial = layout.model[:-len(".keras")] + ".partial.keras"
+    model.save(partial)
+    tf.io.gfile.rename(partial, layout.model, overwrite=True)
+    if run.config.export:
         from export import export_saved_model
-        metrics["export"] = export_saved_model(
-            model, os.path.join(config.output, "export"), name=model.name,
-            labels=source.labels)
-    with open(os.path.join(config.output, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    if verbose:
-        print(f"test top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
-              f"({metrics['num_test_examples']} examples), {metrics['steps']} steps, "
-              f"{metrics['examples_per_second']:.1f} examples/s; run directory "
-              f"{config.output}" + (f", export {metrics['export']}" if "export" in metrics
-                                    else ""), flush=True)
+        metrics["export"] = export_saved_model(model, layout.export, name=model.name,
+                                               labels=run.source.labels)
+    from training.figures import write_training_curves
+    write_training_curves(layout.root)
+    _write_text(layout.metrics, json.dumps(metrics, indent=2))
+    speed = metrics["examples_per_second"]
+    run.say(f"test top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
+            f"({metrics['num_test_examples']} examples), {metrics['steps']} steps, "
+            + (f"{speed:.1f} examples/s" if speed is not None else "no steps trained now")
+            + f"; run directory {layout.root}"
+            + (f", export {metrics['export']}" if "export" in metrics else ""))

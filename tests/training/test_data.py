@@ -1,0 +1,121 @@
+"""Data sources and pipelines: split choice, folder validation, per-worker sharding."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from training.data import DataError, load_source
+
+
+class TinyTrainOnly(tfds.core.GeneratorBasedBuilder):
+    """50 distinct 8x8 images (pixel value = example index), a train split only."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None  # (tfds would look it up through importlib_resources, not installed)
+
+    def _info(self):
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 3)),
+            "label": tfds.features.ClassLabel(num_classes=2)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(50):
+            yield i, {"image": np.full((8, 8, 3), i, np.uint8), "label": i % 2}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    TinyTrainOnly(data_dir=data_dir).download_and_prepare()
+    return data_dir
+
+
+def _indices(ds):
+    """The example indices (pixel values) of a source's (encoded image, label) dataset."""
+    return [int(tf.io.decode_image(image)[0, 0, 0]) for image, _ in ds]
+
+
+def test_tfds_default_splits_hold_out_two_percent_and_do_not_overlap(tfds_dir):
+    source = load_source("tfds:tiny_train_only", tfds_dir)
+    train, test = _indices(source.train), _indices(source.test)
+    assert (source.num_train, source.num_test) == (len(train), len(test)) == (49, 1)
+    assert not set(train) & set(test) and sorted(train + test) == list(range(50))
+
+
+def test_tfds_training_on_the_whole_train_split_needs_an_explicit_test_split(tfds_dir):
+    with pytest.raises(DataError, match="needs an explicit --test-split"):
+        load_source("tfds:tiny_train_only", tfds_dir, train_split="train")
+    with pytest.raises(DataError, match="overlaps the training split"):
+        load_source("tfds:tiny_train_only", tfds_dir, train_split="train[:60%]",
+                    test_split="train[50%:]")
+    source = load_source("tfds:tiny_train_only", tfds_dir, train_split="train[:80%]",
+                         test_split="train[80%:]")
+    assert (source.num_train, source.num_test) == (40, 10)
+
+
+def _write_images(root, counts, seed=0):
+    rng = np.random.default_rng(seed)
+    for cls, count in counts.items():
+        os.makedirs(root / cls, exist_ok=True)
+        for i in range(count):
+            image = rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)
+            (root / cls / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+
+
+def test_folder_source_names_a_corrupt_or_truncated_image_before_training(tmp_path):
+    root = tmp_path / "images"
+    _write_images(root, {"cat": 3, "dog": 3})
+    jpeg = tf.io.encode_jpeg(np.full((64, 64, 3), 128, np.uint8)).numpy()
+    (root / "dog" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    with pytest.raises(DataError, match=r"cut\.jpg is not a readable image"):
+        load_source(f"folder:{root}")
+
+
+def test_folder_source_ignores_hidden_entries_and_needs_a_test_image_per_class(tmp_path):
+    root = tmp_path / "images"
+    _write_images(root, {"cat": 3, "dog": 3, ".ipynb_checkpoints": 2})
+    (root / "cat" / ".hidden.png").write_bytes(b"not an image")
+    source = load_source(f"folder:{root}")
+    assert source.labels == ["cat", "dog"] and source.num_train + source.num_test == 6
+    tiny = tmp_path / "tiny"
+    _write_images(tiny, {"cat": 1, "dog": 1})
+    with pytest.raises(DataError, match="each class needs at least 2"):
+        load_source(f"folder:{tiny}")
+
+
+def test_each_worker_reads_only_its_share_and_together_they_make_the_global_batch(tmp_path):
+    """Two input pipelines of a 2-worker run: disjoint positions; the files of the other
+    worker are never read (they do not exist here, so reading one would fail)."""
+    from training.data import make_train_pipeline
+    paths = [str(tmp_path / f"{i}.png") for i in range(12)]
+    for i in range(0, 12, 2):  # only worker 0's files
+        image = np.full((4, 4, 3), i, np.uint8)
+        (tmp_path / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+    ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(12)))
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=0,
+                                         num_replicas_in_sync=2)
+    batches = list(make_train_pipeline(ds, 4, 3, seed=0, read=tf.io.read_file,
+                                       input_context=context, shuffle_buffer=1, num_steps=2))
+    labels = [b[1].numpy().tolist() for b in batches]
+    assert labels == [[0, 2, 4], [6, 8, 10]]
+    # A resume at step 1 starts with the second batch, without reading the first.
+    (tmp_path / "0.png").unlink()
+    resumed = make_train_pipeline(ds, 4, 3, seed=0, read=tf.io.read_file,
+                                  input_context=context, shuffle_buffer=1, skip_steps=1)
+    assert [b[1].numpy().tolist() for b in resumed] == [[6, 8, 10]]
+
+
+def test_eval_pipeline_pads_every_worker_to_the_same_number_of_steps():
+    from training.data import make_eval_pipeline
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((5, 4, 4, 3), np.uint8), np.arange(5)))
+    shares = []
+    for worker in range(2):
+        context = tf.distribute.InputContext(2, worker, 2)
+        shares.append([b[1].numpy().tolist() for b in make_eval_pipeline(
+            ds, 4, 2, num_examples=5, global_batch_size=4, input_context=context)])
+    assert shares == [[[0, 2], [4, -1]], [[1, 3], [-1, -1]]]
