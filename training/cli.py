@@ -160,12 +160,11 @@ def run_evaluate(args) -> int:
     model = keras.saving.load_model(model_path)
     source = load_source(dataset, args.data_dir, test_split=args.test_split)
     size = keras_vit.model_image_size(model)
-    results = evaluate(model, make_pipeline(source.test, size, args.batch_size,
-                                            read=source.read))
+    test = make_pipeline(source.test, size, args.batch_size, read=source.read)
+    results = evaluate(model, test)
     print(f"{source.name}: top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}  "
           f"loss {results['loss']:.4f}  ({results['num_examples']} examples)")
-    report_per_class(model, make_pipeline(source.test, size, args.batch_size, training=False),
-                     source.labels, args.confusion)
+    report_per_class(model, test, source.labels, args.confusion)
     return 0
 
 
