@@ -7,7 +7,8 @@ actually ran (``RunMetadata.partition_graphs``: after grappler and the oneDNN re
 Every dense matmul must be fused with its bias add, the MLP's first one also with GELU, and
 the patch-embedding convolution with its bias: in float32 and bfloat16, with random biases
 and with all-zero ones (a fresh model), where grappler's constant folding used to remove the
-zero bias adds and with them every fusion.
+zero bias adds and with them every fusion. In bfloat16 the blocks cast only around the
+softmax.
 """
 import json
 
@@ -35,7 +36,7 @@ def trace(version_dir):
     return [{"op": n.op, "name": n.name,
              "fused_ops": [s.decode() for s in n.attr["fused_ops"].list.s]}
             for graph in metadata.partition_graphs for n in graph.node
-            if "MatMul" in n.op or "Conv2D" in n.op]
+            if "MatMul" in n.op or "Conv2D" in n.op or n.op == "Cast"]
 
 report = {}
 base = tempfile.mkdtemp()
@@ -87,3 +88,11 @@ def test_patch_embedding_convolution_is_fused_with_its_bias(traced, case):
     convolutions = [n for n in traced[case] if "Conv2D" in n["op"]]
     assert [(n["op"], n["fused_ops"]) for n in convolutions] == \
         [("_MklNativeFusedConv2D", ["BiasAdd"])], _describe(convolutions)
+
+
+@pytest.mark.parametrize("case", ["bfloat16/random biases", "bfloat16/zero biases"])
+def test_bfloat16_blocks_cast_only_around_the_softmax(traced, case):
+    """Folded bfloat16 blocks compute LayerNorm statistics in bfloat16: no casts of the token
+    stream; the softmax keeps its float32 round trip (2 casts per block)."""
+    casts = [n for n in traced[case] if n["op"] == "Cast" and "encoderblock" in n["name"]]
+    assert len(casts) == 2 * TINY["num_layers"], _describe(casts)
