@@ -95,7 +95,9 @@ class TransformerBlock(keras.layers.Layer):
     ``folded=True`` is the inference form made by :func:`keras_vit.inference_model`: the
     LayerNorm scale/offset and the query scale live inside the qkv and first MLP projections
     (:func:`fold_block_weights`), saving three elementwise passes over the tokens per
-    LayerNorm; the block then has no LayerNorm weights and is not meant for training.
+    LayerNorm; the block then has no LayerNorm weights and is not meant for training. A
+    folded bfloat16 block also computes the LayerNorm statistics in bfloat16 (every other
+    form in float32), sparing two casts of the token stream per LayerNorm.
 
     Input and output: (batch, tokens, D).
 
