@@ -66,8 +66,9 @@ def frozen_logits_function(model, image_size, precision: str = "float32"):
 def keep_bias_adds(graph_def):
     """Makes every ``BiasAdd``'s bias a ``PlaceholderWithDefault`` of its constant.
 
-    Grappler's constant folding removes an add of an all-zero constant (the biases of a
-    fresh model, or of any layer trained without them moving), and with it the
+    In a TF1 session (TF Serving), grappler's constant folding removes an add of an all-zero
+    constant (the biases of a fresh model, or of any layer trained without them moving), and
+    with it the
     matmul + bias (+ GELU) and convolution + bias fusions of the oneDNN remapper: the frozen
     graph of a fresh model ran its dense layers as separate matmul, Mul, AddV2 and Tanh
     ops. A ``PlaceholderWithDefault`` computes the same value but is never folded (it could
@@ -98,7 +99,7 @@ def _constant_source(nodes, tensor_name):
 
 
 def graph_function(graph_def, input_name: str, output_name: str, spec):
-    """A callable concrete function running ``graph_def`` from one input to one output."""
+    """A callable running ``graph_def`` (a frozen graph) from one input to one output."""
     def run(images):
         return tf.graph_util.import_graph_def(graph_def, input_map={input_name: images},
                                               return_elements=[output_name], name="")[0]
