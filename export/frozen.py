@@ -70,8 +70,8 @@ def keep_bias_adds(graph_def):
     constant (the biases of a fresh model, or of any layer trained without them moving), and
     with it the matmul + bias (+ GELU) and convolution + bias fusions of the oneDNN
     remapper: the frozen graph of a fresh model ran its dense layers as separate matmul,
-    Mul, AddV2 and Tanh ops. A ``PlaceholderWithDefault`` computes the same value but is never folded (it could
-    be fed), so the fused ops no longer depend on the weights' values.
+    Mul, AddV2 and Tanh ops. A ``PlaceholderWithDefault`` computes the same value but is
+    never folded (it could be fed), so the fused ops no longer depend on the weights' values.
     """
     graph_def = type(graph_def).FromString(graph_def.SerializeToString())
     nodes = {node.name: node for node in graph_def.node}
