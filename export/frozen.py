@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import (
-    convert_variables_to_constants_v2)
+    convert_variables_to_constants_v2_as_graph)
 
 from keras_vit import inference_model
 from keras_vit.inference import FLOAT32_LAYERS
@@ -56,11 +56,52 @@ def frozen_logits_function(model, image_size, precision: str = "float32"):
     def logits(images):
         return tf.cast(copy(images, training=False), tf.float32)
 
-    concrete = logits.get_concrete_function(
-        tf.TensorSpec((None, height, width, channels), tf.float32, name="images"))
-    frozen = convert_variables_to_constants_v2(concrete)
+    spec = tf.TensorSpec((None, height, width, channels), tf.float32, name="images")
+    frozen, graph_def = convert_variables_to_constants_v2_as_graph(
+        logits.get_concrete_function(spec))
+    graph_def = keep_bias_adds(graph_def)
+    return graph_function(graph_def, frozen.inputs[0].name, frozen.outputs[0].name, spec)
 
-    def call(images):
-        return frozen(images)[0]
 
-    return call
+def keep_bias_adds(graph_def):
+    """Makes every ``BiasAdd``'s bias a ``PlaceholderWithDefault`` of its constant.
+
+    In a TF1 session (TF Serving), grappler's constant folding removes an add of an all-zero
+    constant (the biases of a fresh model, or of any layer trained without them moving), and
+    with it the matmul + bias (+ GELU) and convolution + bias fusions of the oneDNN
+    remapper: the frozen graph of a fresh model ran its dense layers as separate matmul,
+    Mul, AddV2 and Tanh ops. A ``PlaceholderWithDefault`` computes the same value but is
+    never folded (it could be fed), so the fused ops no longer depend on the weights' values.
+    """
+    graph_def = type(graph_def).FromString(graph_def.SerializeToString())
+    nodes = {node.name: node for node in graph_def.node}
+    for node in list(graph_def.node):
+        if node.op != "BiasAdd":
+            continue
+        constant = _constant_source(nodes, node.input[1])
+        if constant is None:
+            continue
+        keep = graph_def.node.add(name=f"{node.name}/kept_bias", op="PlaceholderWithDefault",
+                                  input=[node.input[1]])
+        keep.attr["dtype"].type = node.attr["T"].type
+        keep.attr["shape"].shape.CopyFrom(constant.attr["value"].tensor.tensor_shape)
+        node.input[1] = keep.name
+    return graph_def
+
+
+def _constant_source(nodes, tensor_name):
+    """The ``Const`` node behind ``tensor_name`` through ``Identity`` nodes, or None."""
+    node = nodes.get(tensor_name.split(":")[0])
+    while node is not None and node.op == "Identity":
+        node = nodes.get(node.input[0].split(":")[0])
+    return node if node is not None and node.op == "Const" else None
+
+
+def graph_function(graph_def, input_name: str, output_name: str, spec):
+    """A callable running ``graph_def`` (a frozen graph) from one input to one output."""
+    def run(images):
+        return tf.graph_util.import_graph_def(graph_def, input_map={input_name: images},
+                                              return_elements=[output_name], name="")[0]
+
+    function = tf.compat.v1.wrap_function(run, [spec])
+    return lambda images: function(images)

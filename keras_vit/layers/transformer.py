@@ -8,14 +8,18 @@ import numpy as np
 import tensorflow as tf
 
 
-def layer_norm(x, gamma, beta, epsilon):
-    """LayerNorm over the last axis with float32 statistics, result in ``x``'s dtype.
+def layer_norm(x, gamma, beta, epsilon, float32_statistics: bool = True):
+    """LayerNorm over the last axis, result in ``x``'s dtype.
 
     ``gamma`` / ``beta`` None: normalisation only (their affine map was folded into the next
-    projection, see :func:`fold_block_weights`)."""
-    x32 = tf.cast(x, tf.float32)
+    projection, see :func:`fold_block_weights`). ``float32_statistics``: mean and variance
+    computed from a float32 copy of ``x`` (two casts over the tokens); False computes in
+    ``x``'s dtype (used by folded bfloat16 blocks at inference, where ``x`` is already
+    bfloat16 and the casts cost more than they buy: see :class:`TransformerBlock`)."""
+    x32 = tf.cast(x, tf.float32) if float32_statistics else x
     mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
-    normed = tf.cast((x32 - mean) * tf.math.rsqrt(variance + epsilon), x.dtype)
+    normed = tf.cast((x32 - mean) * tf.math.rsqrt(variance + tf.cast(epsilon, x32.dtype)),
+                     x.dtype)
     if gamma is None:
         return normed
     return normed * tf.cast(gamma, x.dtype) + tf.cast(beta, x.dtype)
@@ -91,7 +95,9 @@ class TransformerBlock(keras.layers.Layer):
     ``folded=True`` is the inference form made by :func:`keras_vit.inference_model`: the
     LayerNorm scale/offset and the query scale live inside the qkv and first MLP projections
     (:func:`fold_block_weights`), saving three elementwise passes over the tokens per
-    LayerNorm; the block then has no LayerNorm weights and is not meant for training.
+    LayerNorm; the block then has no LayerNorm weights and is not meant for training. A
+    folded bfloat16 block also computes the LayerNorm statistics in bfloat16 (every other
+    form in float32), sparing two casts of the token stream per LayerNorm.
 
     Input and output: (batch, tokens, D).
 
@@ -175,9 +181,13 @@ class TransformerBlock(keras.layers.Layer):
             return tf.cast(variable, dtype)
 
         stream = tf.reshape(x, (-1, dim))  # (batch * tokens, D)
+        # LayerNorm statistics in float32, except in folded bfloat16 blocks (inference):
+        # there the stream is bfloat16 already, and the casts were 4 passes over it per block.
+        float32_statistics = not (self.folded and dtype == "bfloat16")
 
         # Multi-head self-attention branch.
-        h = layer_norm(stream, self.ln1_gamma, self.ln1_beta, self.layer_norm_epsilon)
+        h = layer_norm(stream, self.ln1_gamma, self.ln1_beta, self.layer_norm_epsilon,
+                       float32_statistics)
         qkv = tf.nn.bias_add(tf.matmul(h, w(self.qkv_kernel)), w(self.qkv_bias))
         qkv = tf.transpose(tf.reshape(qkv, (batch, tokens, 3, heads, head_dim)),
                            (2, 0, 3, 1, 4))  # (3, batch, heads, tokens, head_dim)
@@ -196,7 +206,8 @@ class TransformerBlock(keras.layers.Layer):
         stream = stream + self._drop_path(branch, batch, tokens, training)
 
         # MLP branch.
-        h = layer_norm(stream, self.ln2_gamma, self.ln2_beta, self.layer_norm_epsilon)
+        h = layer_norm(stream, self.ln2_gamma, self.ln2_beta, self.layer_norm_epsilon,
+                       float32_statistics)
         h = tf.nn.bias_add(tf.matmul(h, w(self.mlp1_kernel)), w(self.mlp1_bias))
         h = gelu_tanh_for_training(h) if training else tf.nn.gelu(h, approximate=True)
         h = self.dropout(h, training=training)

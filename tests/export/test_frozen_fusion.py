@@ -1,0 +1,98 @@
+"""The frozen serving graph keeps its oneDNN fusions, whatever the weights' values.
+
+A fresh subprocess turns oneDNN on (TF_ENABLE_ONEDNN_OPTS=1) before TensorFlow loads,
+exports a tiny model frozen, loads it the way TF Serving does (TF1 session from the
+SavedModel loader), runs the ``serving_images`` signature once and reads back the graph that
+actually ran (``RunMetadata.partition_graphs``: after grappler and the oneDNN rewrite).
+Every dense matmul must be fused with its bias add, the MLP's first one also with GELU, and
+the patch-embedding convolution with its bias: in float32 and bfloat16, with random biases
+and with all-zero ones (a fresh model), where grappler's constant folding used to remove the
+zero bias adds and with them every fusion. In bfloat16 the blocks cast only around the
+softmax.
+"""
+import json
+
+import pytest
+
+from tests.conftest import TINY, run_python
+
+_TRACE = r"""
+import json, os, sys, tempfile
+import numpy as np
+import tensorflow as tf
+import keras_vit
+from export import export_saved_model
+from tests.conftest import TINY, perturb
+
+def trace(version_dir):
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], version_dir)
+        sig = meta.signature_def["serving_images"]
+        metadata = tf.compat.v1.RunMetadata()
+        sess.run(sig.outputs["probabilities"].name, {sig.inputs["images"].name: images},
+                 options=tf.compat.v1.RunOptions(output_partition_graphs=True),
+                 run_metadata=metadata)
+    return [{"op": n.op, "name": n.name,
+             "fused_ops": [s.decode() for s in n.attr["fused_ops"].list.s]}
+            for graph in metadata.partition_graphs for n in graph.node
+            if "MatMul" in n.op or "Conv2D" in n.op or n.op == "Cast"]
+
+report = {}
+base = tempfile.mkdtemp()
+for biases in ("random", "zero"):
+    model = perturb(keras_vit.ViT(image_size=32, num_classes=5, name="tiny", **TINY), scale=0.1)
+    if biases == "zero":  # what a fresh model has: zero biases and LayerNorm offsets
+        for variable in model.weights:
+            if variable.path.endswith(("bias", "beta")):
+                variable.assign(np.zeros(variable.shape, variable.dtype))
+    for precision in ("float32", "bfloat16"):
+        path = export_saved_model(model, base, name=f"{precision}_{biases}", frozen=True,
+                                  precision=precision, warmup=False)
+        report[f"{precision}/{biases} biases"] = trace(path)
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def traced():
+    out = run_python(_TRACE, env={"TF_ENABLE_ONEDNN_OPTS": "1"})
+    return json.loads(out.strip().splitlines()[-1])
+
+
+CASES = ["float32/random biases", "float32/zero biases", "bfloat16/random biases",
+         "bfloat16/zero biases"]
+
+
+def _describe(nodes):
+    return "\n".join(f"  {n['op']} {n['fused_ops']} ({n['name']})" for n in nodes)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_dense_matmul_is_fused_with_its_bias(traced, case):
+    nodes = traced[case]
+    dense = [n for n in nodes if "MatMul" in n["op"] and "BatchMatMul" not in n["op"]]
+    # Per block: qkv, attention output, MLP 1, MLP 2; then the classification head.
+    assert len(dense) == 4 * TINY["num_layers"] + 1, _describe(nodes)
+    unfused = [n for n in dense if "FusedMatMul" not in n["op"]
+               or n["fused_ops"][:1] != ["BiasAdd"]]
+    assert not unfused, f"{case}: dense matmuls without a fused bias:\n{_describe(unfused)}"
+    gelu = [n for n in dense if n["fused_ops"] == ["BiasAdd", "GeluApproximate"]]
+    assert len(gelu) == TINY["num_layers"], \
+        f"{case}: expected one matmul + bias + GELU per block (the MLP's first dense):\n" \
+        f"{_describe(dense)}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_patch_embedding_convolution_is_fused_with_its_bias(traced, case):
+    convolutions = [n for n in traced[case] if "Conv2D" in n["op"]]
+    assert [(n["op"], n["fused_ops"]) for n in convolutions] == \
+        [("_MklNativeFusedConv2D", ["BiasAdd"])], _describe(convolutions)
+
+
+@pytest.mark.parametrize("case", ["bfloat16/random biases", "bfloat16/zero biases"])
+def test_bfloat16_blocks_cast_only_around_the_softmax(traced, case):
+    """Folded bfloat16 blocks compute LayerNorm statistics in bfloat16: no casts of the token
+    stream; the softmax keeps its float32 round trip (2 casts per block)."""
+    casts = [n for n in traced[case] if n["op"] == "Cast" and "encoderblock" in n["name"]]
+    assert len(casts) == 2 * TINY["num_layers"], _describe(casts)
