@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import keras_vit
 from export.models_config import register_model
@@ -66,6 +67,28 @@ def _check_arguments(model, name, version, labels, top_k, max_pixels):
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
 
 
+def _track_variables_once(archive, model):
+    """Tracks the model's weights as the ``tf.Variable``s its endpoints read.
+
+    ``ExportArchive.track(model)`` records each weight twice: as the Keras variable and, when
+    writing, as the ``tf.Variable`` inside it that the endpoints capture. Both go into the
+    checkpoint and both are created and restored by the loader, so the SavedModel's
+    ``variables/`` and a server's memory held two copies of every weight. Listing the inner
+    variables (the same objects the endpoints use) keeps one; ``variables`` of the reloaded
+    object still lists them. The model holds no lookup tables or other resources that
+    ``track`` would also collect.
+    """
+    inner = [variable.value for variable in model.weights]
+    if not all(isinstance(v, tf.Variable) for v in inner):
+        raise TypeError("the model's weights are not backed by tf.Variables "
+                        "(export needs the TensorFlow backend)")
+    archive.add_variable_collection("variables", inner)
+    archive.add_variable_collection(
+        "trainable_variables", [v.value for v in model.trainable_weights])
+    archive.add_variable_collection(
+        "non_trainable_variables", [v.value for v in model.non_trainable_weights])
+
+
 def _build_archive(model, labels, top_k, frozen, precision, max_pixels):
     """An ExportArchive with one endpoint per entry of the signature table."""
     from export.frozen import frozen_logits_function
@@ -75,7 +98,7 @@ def _build_archive(model, labels, top_k, frozen, precision, max_pixels):
         logits_fn = frozen_logits_function(model, size, precision)
     else:
         served = model if precision == "float32" else keras_vit.inference_model(model, precision)
-        archive.track(served)
+        _track_variables_once(archive, served)
 
         def logits_fn(images):
             return served(images, training=False)

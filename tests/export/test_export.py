@@ -382,3 +382,26 @@ def test_verify_compares_only_with_the_model_the_version_came_from(model, tmp_pa
     model.save(str(run / "model.keras"))
     assert main(["export", "--verify", version]) == 0
     assert "outputs compared with the model in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_variables_export_holds_each_weight_once(model, tmp_path, precision):
+    """Each weight is stored and loaded once: ExportArchive.track stored them twice."""
+    path = export_saved_model(model, str(tmp_path), name="tiny", precision=precision,
+                              warmup=False)
+    served = model if precision == "float32" else keras_vit.inference_model(model, precision)
+    stored = [(key, shape) for key, shape
+              in tf.train.list_variables(os.path.join(path, "variables", "variables"))
+              if key.endswith("VARIABLE_VALUE")]
+    assert len(stored) == len(served.weights)
+    assert sum(int(np.prod(shape)) for _, shape in stored) == served.count_params()
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session:
+        tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+        handles = [op for op in graph.get_operations() if op.type == "VarHandleOp"]
+    assert len(handles) == len(served.weights)
+    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    outputs = tf.saved_model.load(path).signatures["serving_images"](images=tf.constant(images))
+    expected = tf.nn.softmax(model(images, training=False)).numpy()
+    tolerance = 1e-6 if precision == "float32" else 2e-2
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=tolerance)
