@@ -17,7 +17,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vit import preprocess_image
-from keras_vit.preprocessing import decode_image
+from keras_vit.preprocessing import decode_image, error_detail
+
+# Training images are the user's own files, not a stranger's request: the serving limit (25
+# million pixels, keras_vit.preprocessing.DEFAULT_MAX_PIXELS) would stop a run on a folder of
+# 48-megapixel phone photos. This bound still refuses a decompression bomb (a small file
+# declaring gigapixels) from the header, before anything is decoded.
+TRAINING_MAX_PIXELS = 250_000_000
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -155,7 +161,8 @@ def _visible(names):
 def _check_images_decode(root: str, paths: List[str]) -> None:
     """Every file decodes as an image; else a one-line error naming the (first) bad file."""
     def check(index, path):
-        return index, tf.shape(decode_image(tf.io.read_file(path)))[0]
+        return index, tf.shape(decode_image(tf.io.read_file(path),
+                                            max_pixels=TRAINING_MAX_PIXELS))[0]
 
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).enumerate()
     ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
@@ -163,8 +170,10 @@ def _check_images_decode(root: str, paths: List[str]) -> None:
     bad = [path for index, path in enumerate(paths) if index not in good]
     if bad:
         try:
-            decode_image(tf.io.read_file(bad[0]))
+            decode_image(tf.io.read_file(bad[0]), max_pixels=TRAINING_MAX_PIXELS)
             reason = "cannot be read"
+        except tf.errors.InvalidArgumentError as error:
+            reason = error_detail(error)
         except tf.errors.OpError as error:
             reason = error.message.strip().splitlines()[0]
         raise DataError(f"{bad[0]} is not a readable image ({reason})"
@@ -270,9 +279,9 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
         image = read(item) if read is not None else item
         if crop_area_min is not None:
             if image.dtype == tf.string:
-                image = decode_image(image)
+                image = decode_image(image, max_pixels=TRAINING_MAX_PIXELS)
             image = inception_crop(image, crop_area_min, keys[0])
-        image = preprocess_image(image, image_size)
+        image = preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, keys[1])
         return image, label
@@ -293,7 +302,7 @@ def _read_and_resize(read, image_size):
     """(item, label) -> (model-resolution float32 pixels, label), for evaluation."""
     def prepare(item, label):
         image = read(item) if read is not None else item
-        return preprocess_image(image, image_size), label
+        return preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS), label
     return prepare
 
 

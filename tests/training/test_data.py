@@ -119,3 +119,25 @@ def test_eval_pipeline_pads_every_worker_to_the_same_number_of_steps():
         shares.append([b[1].numpy().tolist() for b in make_eval_pipeline(
             ds, 4, 2, num_examples=5, global_batch_size=4, input_context=context)])
     assert shares == [[[0, 2], [4, -1]], [[1, 3], [-1, -1]]]
+
+
+def test_folder_images_over_the_serving_pixel_limit_train_and_evaluate(tmp_path):
+    """A 48-megapixel photo (a phone camera's) is training data, not an attack: the
+    serving limit (25 million pixels) must not stop a run on it."""
+    from training.data import make_eval_pipeline, make_train_pipeline
+    root = tmp_path / "images"
+    _write_images(root, {"cat": 2, "dog": 2})
+    photo = np.zeros((6000, 8000, 3), np.uint8)
+    photo[:, 4000:] = 200
+    (root / "dog" / "photo.png").write_bytes(tf.io.encode_png(photo).numpy())
+    source = load_source(f"folder:{root}")
+    paths = [str(root / "dog" / "photo.png")]
+    ds = tf.data.Dataset.from_tensor_slices((paths, np.array([1], np.int64)))
+    (image, _), = make_train_pipeline(ds, 8, 1, seed=0, read=tf.io.read_file,
+                                      shuffle_buffer=1, num_steps=1)
+    assert image.shape == (1, 8, 8, 3)
+    (image, _), = make_eval_pipeline(ds, 8, 1, num_examples=1, global_batch_size=1,
+                                     read=tf.io.read_file)
+    np.testing.assert_allclose(image.numpy()[0, :, :4], 0.0)
+    np.testing.assert_allclose(image.numpy()[0, :, 4:], 200.0)
+    assert source.num_train + source.num_test == 5
