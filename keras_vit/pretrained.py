@@ -112,7 +112,8 @@ def available_weights() -> Dict[str, Dict[str, PublishedWeights]]:
 def is_published_name(weights) -> bool:
     """Whether ``weights`` is meant as a published name rather than a file path."""
     return (isinstance(weights, str) and not os.path.exists(weights)
-            and not weights.endswith((".npz", ".keras", ".h5")))
+            and not weights.endswith((".npz", ".keras", ".h5", ".safetensors", ".bin",
+                                      ".pth", ".pt")))
 
 
 def published(variant: str, name: str) -> PublishedWeights:
