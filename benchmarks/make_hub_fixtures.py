@@ -31,6 +31,7 @@ float32 with exactly those values), which also covers reading float16 safetensor
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -48,7 +49,7 @@ def _stand_in_for_broken_torchvision() -> None:
     built for another torch: "operator torchvision::nms does not exist"), stand-in modules
     let timm import; any use of them would fail loudly."""
     try:
-        import torchvision  # noqa: F401
+        importlib.import_module("torchvision")
         return
     except (RuntimeError, OSError, ImportError):
         pass

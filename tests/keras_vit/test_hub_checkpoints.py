@@ -12,7 +12,6 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import keras_vit
-from keras_vit import checkpoints
 from tests.conftest import REPO
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "hub")
@@ -257,3 +256,38 @@ def test_directory_that_is_not_a_vit_is_refused(tmp_path):
     with pytest.raises(keras_vit.CheckpointError, match="model_type 'bert' is not a "
                                                         "transformers ViT"):
         keras_vit.from_transformers(str(directory))
+
+
+def test_another_class_count_gets_a_zero_head(caplog):
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        model = _model("timm_vit_token", num_classes=3)
+    assert "does not fit 3 classes" in caplog.text
+    np.testing.assert_array_equal(model.get_layer("head").kernel.numpy(), 0.0)
+    np.testing.assert_array_equal(model(IMAGES).numpy(), 0.0)
+
+
+def test_transformers_vit_model_without_classifier_gives_a_headless_model(tmp_path):
+    # A bare ViTModel: keys without the "vit." prefix and no classifier.
+    directory = tmp_path / "vit_model"
+    directory.mkdir()
+    shutil.copy(_path("transformers_vit/config.json"), directory)
+    tensors = load_file(_path("transformers_vit/model.safetensors"))
+    save_file({k[len("vit."):]: v for k, v in tensors.items() if k.startswith("vit.")},
+              str(directory / "model.safetensors"))
+    headless = keras_vit.from_transformers(str(directory))
+    assert headless.class_names == [] and headless.output_shape == (None, 32)
+    full = _model("transformers_vit")
+    pooled = keras.Model(full.input, full.get_layer("pool").output)(IMAGES).numpy()
+    np.testing.assert_allclose(headless(IMAGES).numpy(), pooled, rtol=0, atol=1e-6)
+
+
+def test_bfloat16_tensors_are_refused_naming_the_key(tmp_path):
+    # safetensors' numpy API cannot write bfloat16: write the format by hand (8-byte header
+    # length, JSON header, data).
+    header = json.dumps({"cls_token": {"dtype": "BF16", "shape": [1, 1, 2],
+                                       "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    with pytest.raises(keras_vit.CheckpointError, match="'cls_token' is BF16, which numpy "
+                                                        "cannot hold"):
+        _model("timm_vit_token", weights=str(path))
