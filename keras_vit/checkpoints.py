@@ -46,6 +46,7 @@ import numpy as np
 
 from keras_vit.layers import PatchEncoder, Patches, ResNetUnit, StdConv2D, TransformerBlock
 from keras_vit.position_embeddings import resize_position_embeddings
+from keras_vit.sources import source_numerics
 
 logger = logging.getLogger("keras_vit")
 
@@ -639,6 +640,18 @@ def load_pretrained(model: keras.Model, path, *, verbose: bool = True) -> Dict[s
                  verbose)
 
 
+def _warn_other_numerics(model: keras.Model, numerics: dict, source: str) -> None:
+    """Logs where the model's blocks compute otherwise than the checkpoint's source."""
+    blocks = [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
+    for option in ("gelu", "layer_norm_epsilon"):
+        found = sorted({getattr(block, option) for block in blocks} - {numerics[option]})
+        if found:
+            logger.warning("keras_vit: %s computes with %s=%r, this model has %s=%r: its "
+                           "outputs will differ from %s's (build it with weights=, or pass "
+                           "%s=%r)", source, option, numerics[option], option, found[0],
+                           source, option, numerics[option])
+
+
 def _load(model, path, index, read_arrays, key_map: KeyMap, verbose: bool) -> Dict[str, list]:
     """The checks and transfer rules shared by every source: plan from the headers, read
     the arrays that load, check them, then assign (nothing before every check passed)."""
@@ -668,7 +681,8 @@ def load_timm(model: keras.Model, path, *, verbose: bool = True) -> Dict[str, li
     ``include_top=False``, re-initialised for another class count; position embeddings
     resized), with timm's key map (:func:`timm_entries`). For the model to compute what
     timm computes, build it with timm's numerics (``keras_vit.ViT(weights=path)`` and the
-    named builders do; see :mod:`keras_vit.sources`).
+    named builders do; see :mod:`keras_vit.sources`); a model whose GELU or LayerNorm
+    epsilon differs is loaded all the same, with a warning.
 
     Args:
         model: a keras_vit model.
@@ -683,8 +697,10 @@ def load_timm(model: keras.Model, path, *, verbose: bool = True) -> Dict[str, li
     if any(key.startswith(("vit.embeddings.", "embeddings.patch_embeddings.")) for key in index):
         raise CheckpointError(f"{path} is a transformers checkpoint: pass its model directory "
                               "(config.json + model.safetensors) instead")
-    return _load(model, path, index, lambda keys: read_safetensors_arrays(path, keys), TIMM,
-                 verbose)
+    report = _load(model, path, index, lambda keys: read_safetensors_arrays(path, keys), TIMM,
+                   verbose)
+    _warn_other_numerics(model, source_numerics(path), "timm")
+    return report
 
 
 def transformers_weights_file(directory) -> str:
@@ -725,5 +741,7 @@ def load_transformers(model: keras.Model, directory, *, verbose: bool = True) ->
     read_transformers_config(directory)
     path = transformers_weights_file(directory)
     index = read_safetensors_index(path)
-    return _load(model, path, index, lambda keys: read_safetensors_arrays(path, keys),
-                 transformers_key_map(index), verbose)
+    report = _load(model, path, index, lambda keys: read_safetensors_arrays(path, keys),
+                   transformers_key_map(index), verbose)
+    _warn_other_numerics(model, source_numerics(directory), "transformers")
+    return report

@@ -120,8 +120,9 @@ def published(variant: str, name: str) -> PublishedWeights:
     """The metadata of checkpoint ``name`` for ``variant``, or a ValueError saying why not."""
     table = available_weights()
     if name not in table:
-        raise ValueError(f"unknown weights {name!r}: expected None, a file path (.npz, .keras, "
-                         f".weights.h5) or one of {sorted(table)}")
+        raise ValueError(f"unknown weights {name!r}: expected None, an existing file (.npz, "
+                         ".safetensors, .keras, .weights.h5) or transformers model directory, "
+                         f"or one of {sorted(table)}")
     if variant not in table[name]:
         raise ValueError(f"weights {name!r} were not published for {variant}; available for: "
                          f"{', '.join(sorted(table[name]))}")

@@ -259,11 +259,26 @@ def test_directory_that_is_not_a_vit_is_refused(tmp_path):
 
 
 def test_another_class_count_gets_a_zero_head(caplog):
+    model = keras_vit.ViT(**dict(TINY_HUB, patch_size=8, num_classes=3), gelu="erf")
+    model.get_layer("head").kernel.assign(np.ones((32, 3), np.float32))  # not zero before
     with caplog.at_level(logging.WARNING, logger="keras_vit"):
-        model = _model("timm_vit_token", num_classes=3)
+        report = keras_vit.load_timm(model, _path("timm_vit_token.safetensors"))
+    assert report["reinitialized"] == ["head.weight", "head.bias"]
     assert "does not fit 3 classes" in caplog.text
     np.testing.assert_array_equal(model.get_layer("head").kernel.numpy(), 0.0)
     np.testing.assert_array_equal(model(IMAGES).numpy(), 0.0)
+    full = _model("timm_vit_token")
+    features = keras.Model(model.input, model.get_layer("pool").output)(IMAGES).numpy()
+    pooled = keras.Model(full.input, full.get_layer("pool").output)(IMAGES).numpy()
+    np.testing.assert_allclose(features, pooled, rtol=0, atol=1e-6)
+
+
+def test_loading_into_a_model_with_other_numerics_is_logged(caplog):
+    model = keras_vit.ViT(**dict(TINY_HUB, patch_size=8))  # the original's tanh GELU
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        keras_vit.load_timm(model, _path("timm_vit_token.safetensors"))
+    assert "timm computes with gelu='erf'" in caplog.text
+    assert "this model has gelu='tanh'" in caplog.text
 
 
 def test_transformers_vit_model_without_classifier_gives_a_headless_model(tmp_path):
