@@ -8,6 +8,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
                     open("keras_vit/version.py", encoding="utf-8").read()).group(1)
 
 SERVING = ["tensorflow-serving-api>=2.16", "grpcio"]
+# timm and transformers checkpoints from the Hugging Face hub (read with numpy, no torch).
+HUB = ["safetensors>=0.4"]
 
 setup(
     name="keras-vit",
@@ -32,9 +34,12 @@ setup(
     extras_require={
         # Protos for the TF Serving warm-up file and the gRPC client.
         "serving": SERVING,
-        "test": SERVING + ["pytest>=7", "scipy"],
-        # benchmarks/compare.py: the peers it measures keras-vit against.
-        "benchmark": SERVING + ["torch", "torchvision", "timm", "keras-hub"],
+        "hub": HUB,
+        "test": SERVING + HUB + ["pytest>=7", "scipy"],
+        # benchmarks/compare.py: the peers it measures keras-vit against;
+        # benchmarks/make_hub_fixtures.py: the libraries whose logits the hub tests check.
+        "benchmark": SERVING + HUB + ["torch", "torchvision", "timm", "keras-hub",
+                                      "transformers"],
     },
     entry_points={"console_scripts": ["keras-vit=training.cli:main"]},
     license="Apache-2.0",

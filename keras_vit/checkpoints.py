@@ -1,8 +1,11 @@
-"""Loading the original release's ``.npz`` checkpoints into keras_vit models.
+"""Loading checkpoints into keras_vit models: the original release's ``.npz`` files, and
+timm and transformers ``.safetensors`` files (the Hugging Face hub's two ViT layouts).
 
-The one key map of the project lives here (:func:`checkpoint_entries`): every keras_vit
-weight and the original (Flax, '/'-joined) key(s) it comes from. Layer names in keras_vit
-models mirror the original module names, so the map is short:
+The key maps of the project live here, one per source: every keras_vit weight and the
+key(s) it comes from (:func:`checkpoint_entries` for the original, :func:`timm_entries`,
+:func:`transformers_entries`). All three go through the same checks and transfer rules
+(:func:`load_pretrained`, :func:`load_timm`, :func:`load_transformers`). Layer names in
+keras_vit models mirror the original module names, so the original's map is short:
 
 =============================================  ==============================================
 original key                                   keras_vit weight
@@ -22,6 +25,13 @@ key,value}/kernel`` (D, H, D/H)                 three reshaped to (D, D), side b
 ``conv_root/kernel``, ``gn_root``               hybrid stem (GroupNorm (1,1,1,C) squeezed)
 ``block{s}/unit{u}/{conv,gn}{1,2,3,_proj}``     ``block{s}_unit{u}`` (ResNetUnit) sublayers
 =============================================  ==============================================
+
+timm (``VisionTransformer``, ``vision_transformer_hybrid``) and transformers
+(``ViTForImageClassification``, ``ViTModel``) store PyTorch layouts: linear weights
+(out, in), transposed here; conv kernels OIHW, transposed to HWIO; timm's fused qkv weight
+(3D, D) is the fused kernel transposed; transformers' separate query/key/value (D, D)
+weights are transposed and put side by side. Their maps are in :func:`timm_entries` and
+:func:`transformers_entries`.
 """
 from __future__ import annotations
 
@@ -36,6 +46,7 @@ import numpy as np
 
 from keras_vit.layers import PatchEncoder, Patches, ResNetUnit, StdConv2D, TransformerBlock
 from keras_vit.position_embeddings import resize_position_embeddings
+from keras_vit.sources import source_numerics
 
 logger = logging.getLogger("keras_vit")
 
@@ -153,6 +164,169 @@ def checkpoint_entries(model: keras.Model) -> List[Entry]:
     return entries
 
 
+# ---- PyTorch layouts (timm, transformers). ----
+
+def _linear(key, variable, kind="plain"):
+    """A Dense kernel from a PyTorch ``Linear`` weight (out, in)."""
+    return Entry([key], variable, [_shape(variable)[::-1]], lambda a: a[0].T, kind)
+
+
+def _conv(key, variable):
+    """An HWIO conv kernel from a PyTorch OIHW weight."""
+    h, w, i, o = _shape(variable)
+    return Entry([key], variable, [(o, i, h, w)], lambda a: a[0].transpose(2, 3, 1, 0))
+
+
+def _side_by_side(arrays):
+    return np.concatenate([a.T for a in arrays], axis=1)
+
+
+def _block_index(layer) -> int:
+    return int(layer.name.rsplit("_", 1)[1])  # encoderblock_{i}
+
+
+def _unit_indices(layer) -> Tuple[int, int]:
+    stage, unit = layer.name.split("_")  # block{s}_unit{u}, 1-based
+    return int(stage[len("block"):]) - 1, int(unit[len("unit"):]) - 1
+
+
+def _torch_norm(key, layer):
+    return [_same(f"{key}.weight", layer.gamma), _same(f"{key}.bias", layer.beta)]
+
+
+def timm_entries(model: keras.Model) -> List[Entry]:
+    """The timm key map (``timm.models.vision_transformer.VisionTransformer``, hybrids with
+    the ``ResNetV2`` backbone of ``vision_transformer_hybrid``)."""
+    entries: List[Entry] = []
+    backbone = "patch_embed.backbone"
+    for layer in model.layers:
+        name = layer.name
+        if isinstance(layer, Patches):
+            entries += [_conv("patch_embed.proj.weight", layer.kernel),
+                        _same("patch_embed.proj.bias", layer.bias)]
+        elif isinstance(layer, PatchEncoder):
+            if layer.num_prefix_tokens:
+                entries.append(_same("cls_token", layer.cls))
+            entries.append(Entry(["pos_embed"], layer.pos_embedding, None, kind="posemb"))
+        elif isinstance(layer, TransformerBlock):
+            p = f"blocks.{_block_index(layer)}"
+            entries += [
+                _same(f"{p}.norm1.weight", layer.ln1_gamma),
+                _same(f"{p}.norm1.bias", layer.ln1_beta),
+                _linear(f"{p}.attn.qkv.weight", layer.qkv_kernel),
+                _same(f"{p}.attn.qkv.bias", layer.qkv_bias),
+                _linear(f"{p}.attn.proj.weight", layer.out_kernel),
+                _same(f"{p}.attn.proj.bias", layer.out_bias),
+                _same(f"{p}.norm2.weight", layer.ln2_gamma),
+                _same(f"{p}.norm2.bias", layer.ln2_beta),
+                _linear(f"{p}.mlp.fc1.weight", layer.mlp1_kernel),
+                _same(f"{p}.mlp.fc1.bias", layer.mlp1_bias),
+                _linear(f"{p}.mlp.fc2.weight", layer.mlp2_kernel),
+                _same(f"{p}.mlp.fc2.bias", layer.mlp2_bias)]
+        elif name == "encoder_norm":
+            entries += _torch_norm("norm", layer)
+        elif name == "head":
+            entries += [_linear("head.weight", layer.kernel, "head"),
+                        _same("head.bias", layer.bias, "head")]
+        elif isinstance(layer, StdConv2D):  # conv_root
+            entries.append(_conv(f"{backbone}.stem.conv.weight", layer.kernel))
+        elif isinstance(layer, keras.layers.GroupNormalization):  # gn_root
+            entries += _torch_norm(f"{backbone}.stem.norm", layer)
+        elif isinstance(layer, ResNetUnit):
+            stage, unit = _unit_indices(layer)
+            p = f"{backbone}.stages.{stage}.blocks.{unit}"
+            for i in (1, 2, 3):
+                entries.append(_conv(f"{p}.conv{i}.weight", getattr(layer, f"conv{i}").kernel))
+                entries += _torch_norm(f"{p}.norm{i}", getattr(layer, f"gn{i}"))
+            if layer.use_projection:
+                entries.append(_conv(f"{p}.downsample.conv.weight", layer.conv_proj.kernel))
+                entries += _torch_norm(f"{p}.downsample.norm", layer.gn_proj)
+    return entries
+
+
+def transformers_entries(model: keras.Model, prefix: str = "vit.") -> List[Entry]:
+    """The transformers key map (``ViTForImageClassification``; ``ViTModel`` with
+    ``prefix=""``, whose ``pooler`` is the pre-logits layer)."""
+    entries: List[Entry] = []
+    emb = f"{prefix}embeddings"
+    for layer in model.layers:
+        name = layer.name
+        if isinstance(layer, Patches):
+            entries += [_conv(f"{emb}.patch_embeddings.projection.weight", layer.kernel),
+                        _same(f"{emb}.patch_embeddings.projection.bias", layer.bias)]
+        elif isinstance(layer, PatchEncoder):
+            if layer.num_prefix_tokens:
+                entries.append(_same(f"{emb}.cls_token", layer.cls))
+            entries.append(Entry([f"{emb}.position_embeddings"], layer.pos_embedding, None,
+                                 kind="posemb"))
+        elif isinstance(layer, TransformerBlock):
+            p = f"{prefix}encoder.layer.{_block_index(layer)}"
+            att = f"{p}.attention.attention"
+            dim = layer.hidden_size
+            qkv = ("query", "key", "value")
+            entries += [
+                _same(f"{p}.layernorm_before.weight", layer.ln1_gamma),
+                _same(f"{p}.layernorm_before.bias", layer.ln1_beta),
+                Entry([f"{att}.{n}.weight" for n in qkv], layer.qkv_kernel, [(dim, dim)] * 3,
+                      _side_by_side),
+                Entry([f"{att}.{n}.bias" for n in qkv], layer.qkv_bias, [(dim,)] * 3,
+                      _flatten),
+                _linear(f"{p}.attention.output.dense.weight", layer.out_kernel),
+                _same(f"{p}.attention.output.dense.bias", layer.out_bias),
+                _same(f"{p}.layernorm_after.weight", layer.ln2_gamma),
+                _same(f"{p}.layernorm_after.bias", layer.ln2_beta),
+                _linear(f"{p}.intermediate.dense.weight", layer.mlp1_kernel),
+                _same(f"{p}.intermediate.dense.bias", layer.mlp1_bias),
+                _linear(f"{p}.output.dense.weight", layer.mlp2_kernel),
+                _same(f"{p}.output.dense.bias", layer.mlp2_bias)]
+        elif name == "encoder_norm":
+            entries += _torch_norm(f"{prefix}layernorm", layer)
+        elif name == "pre_logits":
+            entries += [_linear("pooler.dense.weight", layer.kernel),
+                        _same("pooler.dense.bias", layer.bias)]
+        elif name == "head":
+            entries += [_linear("classifier.weight", layer.kernel, "head"),
+                        _same("classifier.bias", layer.bias, "head")]
+    return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyMap:
+    """One checkpoint layout: its key map and the keys the transfer rules treat specially.
+
+    Args:
+        source: what the file is, for messages (``"original .npz"``, ``"timm"``, ...).
+        entries: the key map, model -> :class:`Entry` list.
+        cls: the class token's key.
+        head: the prefix of the head's keys.
+        pre_logits: the prefix of the pre-logits layer's keys ("" when the layout has none).
+        hints: ``{key prefix: why it has no place}`` added to "unexpected key" problems.
+    """
+
+    source: str
+    entries: Callable[[keras.Model], List[Entry]]
+    cls: str
+    head: str
+    pre_logits: str = ""
+    hints: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+ORIGINAL = KeyMap("original .npz", checkpoint_entries, "cls", "head/", "pre_logits/")
+TIMM = KeyMap("timm", timm_entries, "cls_token", "head.", hints={
+    "fc_norm.": "timm's fc_norm (LayerNorm after average pooling); keras_vit normalises "
+                "before pooling, as the original: timm models with fc_norm=False load",
+    "reg_token": "register tokens are not part of keras_vit's ViT",
+    "norm_pre.": "a LayerNorm before the blocks (CLIP-style) is not part of keras_vit's ViT"})
+
+
+def transformers_key_map(index) -> KeyMap:
+    """The transformers layout of a checkpoint: ``ViTForImageClassification`` keys start with
+    ``vit.``, a bare ``ViTModel``'s do not."""
+    prefix = "vit." if any(key.startswith("vit.") for key in index) else ""
+    return KeyMap("transformers", lambda model: transformers_entries(model, prefix),
+                  f"{prefix}embeddings.cls_token", "classifier.", "pooler.")
+
+
 # ---- Reading an .npz archive: headers first, then only the arrays that load. ----
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +395,59 @@ def read_npz_arrays(path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
             f"{type(error).__name__}: {error}") from None
 
 
+# ---- Reading a .safetensors file (numpy API, no torch): header first, then the arrays. ----
+
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+                       "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _safe_open(path: str):
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise CheckpointError(f"reading {path} needs the safetensors package: pip install "
+                              "safetensors (or keras-vit[hub])") from None
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return safe_open(path, framework="np")
+    except Exception as error:  # safetensors raises its own SafetensorError, or OSError
+        raise CheckpointError(f"{path} is not a readable .safetensors file (corrupt or "
+                              f"truncated?): {type(error).__name__}: {error}") from None
+
+
+def read_safetensors_index(path) -> Dict[str, ArrayInfo]:
+    """Names, shapes and dtypes of a ``.safetensors`` file's tensors, from its header only."""
+    path = os.fspath(path)
+    index = {}
+    with _safe_open(path) as tensors:
+        for key in tensors.keys():
+            info = tensors.get_slice(key)
+            dtype = info.get_dtype()
+            if dtype not in _SAFETENSORS_DTYPES:
+                raise CheckpointError(
+                    f"{path}: tensor {key!r} is {dtype}, which numpy cannot hold (keras_vit "
+                    "reads safetensors without torch); save the checkpoint as float32 or "
+                    "float16")
+            index[key] = ArrayInfo(tuple(int(d) for d in info.get_shape()),
+                                   np.dtype(_SAFETENSORS_DTYPES[dtype]))
+    return index
+
+
+def read_safetensors_arrays(path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The tensors ``keys`` of a ``.safetensors`` file as numpy arrays."""
+    path = os.fspath(path)
+    try:
+        with _safe_open(path) as tensors:
+            return {key: tensors.get_tensor(key) for key in keys}
+    except CheckpointError:
+        raise
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable .safetensors file (corrupt or "
+                              f"truncated?): {type(error).__name__}: {error}") from None
+
+
 def _check_dtypes(index: Dict[str, ArrayInfo], path: str) -> None:
     """Only real numbers can be weights (strings, complex, bool or void arrays cannot)."""
     bad = [f"{key!r} ({info.dtype})" for key, info in sorted(index.items())
@@ -262,6 +489,7 @@ class _Plan:
         "loaded": [], "dropped": [], "reinitialized": [], "resized": []})
     reinitialized_because: str = ""
     head_dropped: bool = False
+    head_keys: List[str] = dataclasses.field(default_factory=list)
 
 
 def _posemb_problem(found: Shape, encoder: PatchEncoder, has_cls: bool) -> Optional[str]:
@@ -278,16 +506,17 @@ def _posemb_problem(found: Shape, encoder: PatchEncoder, has_cls: bool) -> Optio
     return None
 
 
-def _plan(model: keras.Model, index: Dict[str, ArrayInfo]) -> _Plan:
+def _plan(model: keras.Model, index: Dict[str, ArrayInfo], key_map: KeyMap = ORIGINAL) -> _Plan:
     plan = _Plan()
     encoder = model.get_layer("posembed_input")
     layer_names = {layer.name for layer in model.layers}
-    has_cls = "cls" in index
+    has_cls = key_map.cls in index
     # Pre-logits the model does not have: the checkpoint's head was trained on top of them,
     # so it cannot be kept on the raw encoder output (the original re-initialises it too).
-    pre_logits_dropped = ("pre_logits/kernel" in index and "pre_logits" not in layer_names)
+    pre_logits_dropped = (bool(key_map.pre_logits) and "pre_logits" not in layer_names
+                          and any(k.startswith(key_map.pre_logits) for k in index))
     used = set()
-    for entry in checkpoint_entries(model):
+    for entry in key_map.entries(model):
         missing = [k for k in entry.keys if k not in index]
         for key in missing:
             plan.problems.append(f"missing key {key!r} (model expects a value for "
@@ -319,25 +548,29 @@ def _plan(model: keras.Model, index: Dict[str, ArrayInfo]) -> _Plan:
                 continue
         plan.load.append(entry)
     for key in sorted(set(index) - used):
-        head_of_headless = key.startswith("head/") and "head" not in layer_names
-        if (key.startswith("pre_logits/") or head_of_headless
-                or (key == "cls" and not encoder.num_prefix_tokens)):
+        head_of_headless = key.startswith(key_map.head) and "head" not in layer_names
+        if ((key_map.pre_logits and key.startswith(key_map.pre_logits)) or head_of_headless
+                or (key == key_map.cls and not encoder.num_prefix_tokens)):
             plan.report["dropped"].append(key)
             plan.head_dropped |= head_of_headless
+            if head_of_headless:
+                plan.head_keys.append(key)
         else:
+            hint = next((f": {why}" for start, why in key_map.hints.items()
+                         if key.startswith(start)), "")
             plan.problems.append(f"unexpected key {key!r} (shape {index[key].shape}) has no "
-                                 "place in this model")
+                                 f"place in this model{hint}")
     return plan
 
 
-def _fit_position_embeddings(value, encoder, has_cls, report):
+def _fit_position_embeddings(value, encoder, has_cls, report, key=POS_EMBEDDING_KEY):
     """Drops the class token's embedding if the model has none, then resizes the grid."""
     prefix = 1 if has_cls else 0
     if prefix and not encoder.num_prefix_tokens:
         value, prefix = value[:, 1:], 0
     side = int(np.sqrt(value.shape[1] - prefix))
     if (side, side) != tuple(encoder.grid_size):
-        report["resized"].append(f"{POS_EMBEDDING_KEY} grid {(side, side)} -> "
+        report["resized"].append(f"{key} grid {(side, side)} -> "
                                  f"{tuple(encoder.grid_size)}")
         value = resize_position_embeddings(value, encoder.grid_size, prefix,
                                            old_grid=(side, side))
@@ -350,7 +583,8 @@ def _values(plan: _Plan, arrays, encoder, has_cls):
     for entry in plan.load:
         value = entry.combine([arrays[k] for k in entry.keys])
         if entry.kind == "posemb":
-            value = _fit_position_embeddings(value, encoder, has_cls, plan.report)
+            value = _fit_position_embeddings(value, encoder, has_cls, plan.report,
+                                             entry.keys[0])
         updates.append((entry.variable,
                         np.asarray(value, np.float32).reshape(_shape(entry.variable))))
         plan.report["loaded"].extend(entry.keys)
@@ -362,7 +596,7 @@ def _log(plan: _Plan, model: keras.Model) -> None:
     if plan.head_dropped:
         logger.warning("keras_vit: the checkpoint's head is not loaded: model %r has no head "
                        "(include_top=False)", model.name)
-    others = [k for k in report["dropped"] if not k.startswith("head/")]
+    others = [k for k in report["dropped"] if k not in plan.head_keys]
     if others:
         logger.warning("keras_vit: not loaded (no place in this model, as when fine-tuning): "
                        "%s", ", ".join(others))
@@ -402,15 +636,34 @@ def load_pretrained(model: keras.Model, path, *, verbose: bool = True) -> Dict[s
     """
     path = os.fspath(path)
     index = read_npz_index(path)
+    return _load(model, path, index, lambda keys: read_npz_arrays(path, keys), ORIGINAL,
+                 verbose)
+
+
+def _warn_other_numerics(model: keras.Model, numerics: dict, source: str) -> None:
+    """Logs where the model's blocks compute otherwise than the checkpoint's source."""
+    blocks = [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
+    for option in ("gelu", "layer_norm_epsilon"):
+        found = sorted({getattr(block, option) for block in blocks} - {numerics[option]})
+        if found:
+            logger.warning("keras_vit: %s computes with %s=%r, this model has %s=%r: its "
+                           "outputs will differ from %s's (build it with weights=, or pass "
+                           "%s=%r)", source, option, numerics[option], option, found[0],
+                           source, option, numerics[option])
+
+
+def _load(model, path, index, read_arrays, key_map: KeyMap, verbose: bool) -> Dict[str, list]:
+    """The checks and transfer rules shared by every source: plan from the headers, read
+    the arrays that load, check them, then assign (nothing before every check passed)."""
     _check_dtypes(index, path)
-    plan = _plan(model, index)
+    plan = _plan(model, index, key_map)
     if plan.problems:
         raise CheckpointMismatchError(
-            f"checkpoint {path} does not fit model {model.name!r} "
+            f"{key_map.source} checkpoint {path} does not fit model {model.name!r} "
             f"({len(plan.problems)} problem(s)):\n  " + "\n  ".join(plan.problems))
-    arrays = read_npz_arrays(path, [k for entry in plan.load for k in entry.keys])
+    arrays = read_arrays([k for entry in plan.load for k in entry.keys])
     _check_finite(arrays, path)
-    updates = _values(plan, arrays, model.get_layer("posembed_input"), "cls" in index)
+    updates = _values(plan, arrays, model.get_layer("posembed_input"), key_map.cls in index)
     updates += [(entry.variable, np.zeros(_shape(entry.variable), np.float32))
                 for entry in plan.reset]
     for variable, value in updates:
@@ -418,3 +671,77 @@ def load_pretrained(model: keras.Model, path, *, verbose: bool = True) -> Dict[s
     if verbose:
         _log(plan, model)
     return plan.report
+
+
+def load_timm(model: keras.Model, path, *, verbose: bool = True) -> Dict[str, list]:
+    """Loads a timm ViT ``.safetensors`` checkpoint into a built keras_vit model.
+
+    The same checks, guarantees and transfer rules as :func:`load_pretrained` (all keys,
+    shapes, dtypes and values checked before any weight changes; the head dropped for
+    ``include_top=False``, re-initialised for another class count; position embeddings
+    resized), with timm's key map (:func:`timm_entries`). For the model to compute what
+    timm computes, build it with timm's numerics (``keras_vit.ViT(weights=path)`` and the
+    named builders do; see :mod:`keras_vit.sources`); a model whose GELU or LayerNorm
+    epsilon differs is loaded all the same, with a warning.
+
+    Args:
+        model: a keras_vit model.
+        path: the ``.safetensors`` file of a timm ``VisionTransformer`` (plain or hybrid).
+        verbose: log what was dropped, re-initialised or resized.
+
+    Returns:
+        The report of :func:`load_pretrained`, with timm's keys.
+    """
+    path = os.fspath(path)
+    index = read_safetensors_index(path)
+    if any(key.startswith(("vit.embeddings.", "embeddings.patch_embeddings.")) for key in index):
+        raise CheckpointError(f"{path} is a transformers checkpoint: pass its model directory "
+                              "(config.json + model.safetensors) instead")
+    report = _load(model, path, index, lambda keys: read_safetensors_arrays(path, keys), TIMM,
+                   verbose)
+    _warn_other_numerics(model, source_numerics(path), "timm")
+    return report
+
+
+def transformers_weights_file(directory) -> str:
+    """The ``model.safetensors`` of a transformers model directory, or a clear error."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, "model.safetensors")
+    if os.path.exists(path):
+        return path
+    pickled = [name for name in ("pytorch_model.bin", "model.pt", "model.pth")
+               if os.path.exists(os.path.join(directory, name))]
+    if pickled:
+        from keras_vit.sources import refuse_pickle
+        refuse_pickle(os.path.join(directory, pickled[0]))
+    if os.path.exists(os.path.join(directory, "model.safetensors.index.json")):
+        raise CheckpointError(f"{directory}: sharded safetensors checkpoints are not supported; "
+                              "save the model as one model.safetensors")
+    raise CheckpointError(f"{directory} has no model.safetensors")
+
+
+def load_transformers(model: keras.Model, directory, *, verbose: bool = True) -> Dict[str, list]:
+    """Loads a transformers ViT model directory (``config.json`` + ``model.safetensors``,
+    e.g. ``google/vit-base-patch16-224``) into a built keras_vit model.
+
+    As :func:`load_timm`, with transformers' key map (:func:`transformers_entries`):
+    ``ViTForImageClassification`` (keys ``vit.*`` and ``classifier.*``) and ``ViTModel``
+    (its ``pooler`` is the pre-logits layer, dropped when the model has none). See
+    :func:`keras_vit.from_transformers` for a model built from the ``config.json``.
+
+    Args:
+        model: a keras_vit model.
+        directory: the transformers model directory.
+        verbose: log what was dropped, re-initialised or resized.
+
+    Returns:
+        The report of :func:`load_pretrained`, with transformers' keys.
+    """
+    from keras_vit.sources import read_transformers_config
+    read_transformers_config(directory)
+    path = transformers_weights_file(directory)
+    index = read_safetensors_index(path)
+    report = _load(model, path, index, lambda keys: read_safetensors_arrays(path, keys),
+                   transformers_key_map(index), verbose)
+    _warn_other_numerics(model, source_numerics(directory), "transformers")
+    return report

@@ -11,17 +11,20 @@ from keras_vit.layers import (ImageValidation, PatchEncoder, Patches, ResNetUnit
 from keras_vit.layers.pooling import CLASSIFIERS
 from keras_vit.layers.resnet import group_norm
 from keras_vit.position_embeddings import to_pair
+from keras_vit.sources import source_numerics
 from keras_vit.variants import VARIANTS, ViTConfig, total_stride
 
 ImageSize = Union[int, Sequence[int]]
 
 
-def _resnet_v2_backbone(x, stages, width, dtype):
+def _resnet_v2_backbone(x, stages, width, dtype, numerics):
     """BiT ResNet v2 stem and stages, layer names as in the original checkpoints."""
     base = 64 * width
+    std_conv = dict(epsilon=numerics["std_conv_epsilon"],
+                    epsilon_in_sqrt=numerics["std_conv_epsilon_in_sqrt"])
     x = StdConv2D(base, 7, strides=2, padding="same", use_bias=False, name="conv_root",
-                  dtype=dtype)(x)
-    x = group_norm("gn_root", dtype)(x)
+                  dtype=dtype, **std_conv)(x)
+    x = group_norm("gn_root", dtype, epsilon=numerics["group_norm_epsilon"])(x)
     x = keras.layers.ReLU(name="relu_root", dtype=dtype)(x)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool_root",
                                   dtype=dtype)(x)
@@ -29,7 +32,9 @@ def _resnet_v2_backbone(x, stages, width, dtype):
         for u in range(num_units):
             x = ResNetUnit(base * 2 ** s, strides=(2 if s > 0 and u == 0 else 1),
                            use_projection=(u == 0), name=f"block{s + 1}_unit{u + 1}",
-                           dtype=dtype)(x)
+                           dtype=dtype, group_norm_epsilon=numerics["group_norm_epsilon"],
+                           std_conv_epsilon=std_conv["epsilon"],
+                           std_conv_epsilon_in_sqrt=std_conv["epsilon_in_sqrt"])(x)
     return x
 
 
@@ -40,7 +45,11 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         classifier: str = "token", representation_size: Optional[int] = None,
         include_preprocessing: bool = True, dropout_rate: float = 0.0,
         attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
-        channels: int = 3, dtype=None, name: str = "vit") -> keras.Model:
+        channels: int = 3, dtype=None, name: str = "vit", gelu: Optional[str] = None,
+        layer_norm_epsilon: Optional[float] = None,
+        group_norm_epsilon: Optional[float] = None,
+        std_conv_epsilon: Optional[float] = None,
+        std_conv_epsilon_in_sqrt: Optional[bool] = None) -> keras.Model:
     """Builds a Vision Transformer (or, with ``resnet_stages``, a ResNet+ViT hybrid).
 
     The model takes images of shape (batch, H, W, channels): raw pixels in [0, 255] when
@@ -64,9 +73,12 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         resnet_width: width multiplier of the ResNet.
         num_classes: outputs of the head.
         include_top: False: no head; the model returns the pooled features.
-        weights: None, an original ``.npz`` checkpoint path, a ``.keras`` / ``.weights.h5``
-            file, or (via the named builders such as :func:`ViT_B16`) a published checkpoint
-            name. ``.npz`` files load with :func:`keras_vit.load_pretrained`.
+        weights: None, an original ``.npz`` checkpoint path, a timm ``.safetensors`` file, a
+            transformers model directory (``config.json`` + ``model.safetensors``), a
+            ``.keras`` / ``.weights.h5`` file, or (via the named builders such as
+            :func:`ViT_B16`) a published checkpoint name. ``.npz`` files load with
+            :func:`keras_vit.load_pretrained`, timm and transformers files with
+            :func:`keras_vit.load_timm` / :func:`keras_vit.load_transformers`.
         classifier: ``"token"`` (class token) or ``"gap"`` (mean of the tokens, no class token).
         representation_size: width of a pre-logits ``Dense + tanh`` layer; None: none.
         include_preprocessing: the model rescales [0, 255] pixels to [-1, 1] itself.
@@ -78,6 +90,12 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         dtype: a dtype policy for the model's layers (default: the global policy); the head
             is float32 under every policy.
         name: the model's name.
+        gelu, layer_norm_epsilon, group_norm_epsilon, std_conv_epsilon,
+            std_conv_epsilon_in_sqrt: the numerics (see :mod:`keras_vit.sources`); None:
+            those of the source of ``weights`` (timm: exact GELU, GroupNorm 1e-5, weight
+            standardisation ``/ sqrt(var + 1e-8)``; transformers: exact GELU and the
+            ``layer_norm_eps`` of its ``config.json``), else the original's (tanh GELU,
+            LayerNorm and GroupNorm 1e-6, ``/ (std + 1e-5)``).
 
     Returns:
         A ``keras.Model``.
@@ -102,6 +120,13 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
                         ("drop_path_rate", drop_path_rate)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{what} must be in [0, 1), got {value}")
+    numerics = source_numerics(weights)
+    for key, value in (("gelu", gelu), ("layer_norm_epsilon", layer_norm_epsilon),
+                       ("group_norm_epsilon", group_norm_epsilon),
+                       ("std_conv_epsilon", std_conv_epsilon),
+                       ("std_conv_epsilon_in_sqrt", std_conv_epsilon_in_sqrt)):
+        if value is not None:
+            numerics[key] = value
     height, width = to_pair(image_size, "image_size")
     stride = total_stride(config)
     if height % stride or width % stride:
@@ -116,7 +141,7 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         # Original input pipeline: x / 127.5 - 1, no mean/std normalisation.
         x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling", dtype=dtype)(x)
     if config.resnet_stages:
-        x = _resnet_v2_backbone(x, config.resnet_stages, config.resnet_width, dtype)
+        x = _resnet_v2_backbone(x, config.resnet_stages, config.resnet_width, dtype, numerics)
     x = Patches(config.patch_size, config.hidden_size, name="embedding", dtype=dtype)(x)
     x = PatchEncoder(grid, config.hidden_size, num_prefix_tokens=int(classifier == "token"),
                      dropout_rate=dropout_rate, name="posembed_input", dtype=dtype)(x)
@@ -125,8 +150,11 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         rate = drop_path_rate * i / max(config.num_layers - 1, 1)
         x = TransformerBlock(config.num_heads, config.mlp_size, dropout_rate=dropout_rate,
                              attention_dropout_rate=attention_dropout_rate,
-                             drop_path_rate=rate, name=f"encoderblock_{i}", dtype=dtype)(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name="encoder_norm", dtype=dtype)(x)
+                             drop_path_rate=rate, name=f"encoderblock_{i}", dtype=dtype,
+                             gelu=numerics["gelu"],
+                             layer_norm_epsilon=numerics["layer_norm_epsilon"])(x)
+    x = keras.layers.LayerNormalization(epsilon=numerics["layer_norm_epsilon"],
+                                        name="encoder_norm", dtype=dtype)(x)
     x = TokenPooling(classifier, name="pool", dtype=dtype)(x)
     if representation_size:
         x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits",

@@ -112,15 +112,17 @@ def available_weights() -> Dict[str, Dict[str, PublishedWeights]]:
 def is_published_name(weights) -> bool:
     """Whether ``weights`` is meant as a published name rather than a file path."""
     return (isinstance(weights, str) and not os.path.exists(weights)
-            and not weights.endswith((".npz", ".keras", ".h5")))
+            and not weights.endswith((".npz", ".keras", ".h5", ".safetensors", ".bin",
+                                      ".pth", ".pt")))
 
 
 def published(variant: str, name: str) -> PublishedWeights:
     """The metadata of checkpoint ``name`` for ``variant``, or a ValueError saying why not."""
     table = available_weights()
     if name not in table:
-        raise ValueError(f"unknown weights {name!r}: expected None, a file path (.npz, .keras, "
-                         f".weights.h5) or one of {sorted(table)}")
+        raise ValueError(f"unknown weights {name!r}: expected None, an existing file (.npz, "
+                         ".safetensors, .keras, .weights.h5) or transformers model directory, "
+                         f"or one of {sorted(table)}")
     if variant not in table[name]:
         raise ValueError(f"weights {name!r} were not published for {variant}; available for: "
                          f"{', '.join(sorted(table[name]))}")

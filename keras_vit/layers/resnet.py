@@ -2,6 +2,8 @@
 
 Weight-standardised convolutions, GroupNorm (32 groups, epsilon 1e-6) and TF "SAME"
 padding, as in the original release; checkpoints store the raw (unstandardised) kernels.
+timm's hybrids (``vision_transformer_hybrid``) standardise with ``/ sqrt(var + 1e-8)``
+(``StdConv2dSame(eps=1e-8)``) and use GroupNorm epsilon 1e-5: both are options here.
 """
 from __future__ import annotations
 
@@ -20,19 +22,36 @@ class StdConv2D(keras.layers.Conv2D):
     channel, in float32. The kernel variable keeps the raw (checkpoint) values.
 
     Args:
-        Those of ``keras.layers.Conv2D``.
+        epsilon: 1e-5 as in the original release.
+        epsilon_in_sqrt: False: ``(w - mean) / (std + epsilon)`` (the original); True:
+            ``(w - mean) / sqrt(var + epsilon)`` (timm's ``StdConv2d`` / ``StdConv2dSame``,
+            whose hybrids use epsilon 1e-8).
+        **kwargs: those of ``keras.layers.Conv2D``.
     """
+
+    def __init__(self, *args, epsilon: float = 1e-5, epsilon_in_sqrt: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epsilon = float(epsilon)
+        self.epsilon_in_sqrt = bool(epsilon_in_sqrt)
 
     def convolution_op(self, inputs, kernel):
         k32 = tf.cast(kernel, tf.float32)
         mean, variance = tf.nn.moments(k32, axes=[0, 1, 2], keepdims=True)
-        standardised = (k32 - mean) / (tf.sqrt(variance) + 1e-5)
+        if self.epsilon_in_sqrt:
+            standardised = (k32 - mean) * tf.math.rsqrt(variance + self.epsilon)
+        else:
+            standardised = (k32 - mean) / (tf.sqrt(variance) + self.epsilon)
         return super().convolution_op(inputs, tf.cast(standardised, inputs.dtype))
 
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon, epsilon_in_sqrt=self.epsilon_in_sqrt)
+        return config
 
-def group_norm(name, dtype=None, zero_init=False):
+
+def group_norm(name, dtype=None, zero_init=False, epsilon=GROUP_NORM_EPSILON):
     return keras.layers.GroupNormalization(
-        groups=GROUPS, epsilon=GROUP_NORM_EPSILON, name=name, dtype=dtype,
+        groups=GROUPS, epsilon=epsilon, name=name, dtype=dtype,
         gamma_initializer="zeros" if zero_init else "ones")
 
 
@@ -49,30 +68,41 @@ class ResNetUnit(keras.layers.Layer):
         features: bottleneck width (the output has 4x as many channels).
         strides: stride of the 3x3 conv (and of the projection).
         use_projection: project the residual (first unit of a stage).
+        group_norm_epsilon: 1e-6 as in the original (timm's hybrids: 1e-5).
+        std_conv_epsilon, std_conv_epsilon_in_sqrt: the :class:`StdConv2D` options.
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
-    def __init__(self, features: int, strides: int = 1, use_projection: bool = False, **kwargs):
+    def __init__(self, features: int, strides: int = 1, use_projection: bool = False,
+                 group_norm_epsilon: float = GROUP_NORM_EPSILON, std_conv_epsilon: float = 1e-5,
+                 std_conv_epsilon_in_sqrt: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.features = int(features)
         self.strides = int(strides)
         self.use_projection = bool(use_projection)
+        self.group_norm_epsilon = float(group_norm_epsilon)
+        self.std_conv_epsilon = float(std_conv_epsilon)
+        self.std_conv_epsilon_in_sqrt = bool(std_conv_epsilon_in_sqrt)
         policy = self.dtype_policy
 
         def conv(filters, size, strides, name):
             return StdConv2D(filters, size, strides=strides, padding="same", use_bias=False,
-                             name=name, dtype=policy)
+                             name=name, dtype=policy, epsilon=self.std_conv_epsilon,
+                             epsilon_in_sqrt=self.std_conv_epsilon_in_sqrt)
+
+        def norm(name, zero_init=False):
+            return group_norm(name, policy, zero_init, self.group_norm_epsilon)
 
         out = 4 * self.features
         self.conv1 = conv(self.features, 1, 1, "conv1")
-        self.gn1 = group_norm("gn1", policy)
+        self.gn1 = norm("gn1")
         self.conv2 = conv(self.features, 3, self.strides, "conv2")
-        self.gn2 = group_norm("gn2", policy)
+        self.gn2 = norm("gn2")
         self.conv3 = conv(out, 1, 1, "conv3")
-        self.gn3 = group_norm("gn3", policy, zero_init=True)
+        self.gn3 = norm("gn3", zero_init=True)
         if self.use_projection:
             self.conv_proj = conv(out, 1, self.strides, "conv_proj")
-            self.gn_proj = group_norm("gn_proj", policy)
+            self.gn_proj = norm("gn_proj")
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -105,5 +135,8 @@ class ResNetUnit(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(features=self.features, strides=self.strides,
-                      use_projection=self.use_projection)
+                      use_projection=self.use_projection,
+                      group_norm_epsilon=self.group_norm_epsilon,
+                      std_conv_epsilon=self.std_conv_epsilon,
+                      std_conv_epsilon_in_sqrt=self.std_conv_epsilon_in_sqrt)
         return config

@@ -49,6 +49,10 @@ def gelu_tanh_for_training(x):
     return y, grad
 
 
+# "tanh": the approximation of the original release (jax's default); "erf": exact GELU
+# (PyTorch's default, so timm's and transformers' ViTs).
+GELU_VARIANTS = ("tanh", "erf")
+
 # Weight order of a block (``layer.get_weights()``), unfolded and folded.
 BLOCK_WEIGHTS = ("ln1_gamma", "ln1_beta", "qkv_kernel", "qkv_bias", "out_kernel", "out_bias",
                  "ln2_gamma", "ln2_beta", "mlp1_kernel", "mlp1_bias", "mlp2_kernel",
@@ -83,7 +87,8 @@ class TransformerBlock(keras.layers.Layer):
 
     Numerics follow the original release: LayerNorm epsilon 1e-6, queries scaled by
     1/sqrt(head_dim), softmax in float32, MLP ``Dense -> GELU (tanh approximation, jax's
-    default) -> Dense``, dropout after the attention and after each MLP dense layer, plus
+    default) -> Dense``; ``gelu="erf"`` and ``layer_norm_epsilon`` give the exact GELU and
+    epsilon of timm (1e-6) and transformers (1e-12) checkpoints, dropout after the attention and after each MLP dense layer, plus
     optional stochastic depth (``drop_path_rate``) on both residual branches.
 
     Layout for speed (see shared PERFORMANCE notes): tokens are a 2-D (batch * tokens, D)
@@ -108,15 +113,21 @@ class TransformerBlock(keras.layers.Layer):
         attention_dropout_rate: dropout on the attention probabilities.
         drop_path_rate: probability of dropping each residual branch per example (stochastic
             depth; kept branches are scaled by 1 / (1 - rate)).
-        layer_norm_epsilon: 1e-6 as in the original.
+        layer_norm_epsilon: 1e-6 as in the original (and timm); transformers' ViT uses 1e-12.
+        gelu: ``"tanh"``: the tanh approximation (the original, jax's default); ``"erf"``:
+            exact GELU (timm and transformers, PyTorch's default).
         folded: the inference form without LayerNorm weights (see above).
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, num_heads: int, mlp_size: int, dropout_rate: float = 0.0,
                  attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 layer_norm_epsilon: float = 1e-6, folded: bool = False, **kwargs):
+                 layer_norm_epsilon: float = 1e-6, folded: bool = False, gelu: str = "tanh",
+                 **kwargs):
         super().__init__(**kwargs)
+        if gelu not in GELU_VARIANTS:
+            raise ValueError(f"gelu must be one of {GELU_VARIANTS}, got {gelu!r}")
+        self.gelu = gelu
         self.num_heads = int(num_heads)
         self.mlp_size = int(mlp_size)
         self.dropout_rate = float(dropout_rate)
@@ -209,7 +220,10 @@ class TransformerBlock(keras.layers.Layer):
         h = layer_norm(stream, self.ln2_gamma, self.ln2_beta, self.layer_norm_epsilon,
                        float32_statistics)
         h = tf.nn.bias_add(tf.matmul(h, w(self.mlp1_kernel)), w(self.mlp1_bias))
-        h = gelu_tanh_for_training(h) if training else tf.nn.gelu(h, approximate=True)
+        if self.gelu == "erf":
+            h = tf.nn.gelu(h, approximate=False)
+        else:
+            h = gelu_tanh_for_training(h) if training else tf.nn.gelu(h, approximate=True)
         h = self.dropout(h, training=training)
         branch = tf.nn.bias_add(tf.matmul(h, w(self.mlp2_kernel)), w(self.mlp2_bias))
         branch = self.dropout(branch, training=training)
@@ -227,5 +241,6 @@ class TransformerBlock(keras.layers.Layer):
                       dropout_rate=self.dropout_rate,
                       attention_dropout_rate=self.attention_dropout_rate,
                       drop_path_rate=self.drop_path_rate,
-                      layer_norm_epsilon=self.layer_norm_epsilon, folded=self.folded)
+                      layer_norm_epsilon=self.layer_norm_epsilon, folded=self.folded,
+                      gelu=self.gelu)
         return config

@@ -8,7 +8,8 @@ Every dense matmul must be fused with its bias add, the MLP's first one also wit
 the patch-embedding convolution with its bias: in float32 and bfloat16, with random biases
 and with all-zero ones (a fresh model), where grappler's constant folding used to remove the
 zero bias adds and with them every fusion. In bfloat16 the blocks cast only around the
-softmax.
+softmax. Exact (erf) GELU, the numerics of timm and transformers checkpoints, fuses too
+(``GeluExact``).
 """
 import json
 
@@ -40,16 +41,17 @@ def trace(version_dir):
 
 report = {}
 base = tempfile.mkdtemp()
-for biases in ("random", "zero"):
-    model = perturb(keras_vit.ViT(image_size=32, num_classes=5, name="tiny", **TINY), scale=0.1)
-    if biases == "zero":  # what a fresh model has: zero biases and LayerNorm offsets
+for case, gelu in (("random biases", "tanh"), ("zero biases", "tanh"), ("erf gelu", "erf")):
+    model = perturb(keras_vit.ViT(image_size=32, num_classes=5, name="tiny", gelu=gelu, **TINY),
+                    scale=0.1)
+    if case == "zero biases":  # what a fresh model has: zero biases and LayerNorm offsets
         for variable in model.weights:
             if variable.path.endswith(("bias", "beta")):
                 variable.assign(np.zeros(variable.shape, variable.dtype))
     for precision in ("float32", "bfloat16"):
-        path = export_saved_model(model, base, name=f"{precision}_{biases}", frozen=True,
-                                  precision=precision, warmup=False)
-        report[f"{precision}/{biases} biases"] = trace(path)
+        path = export_saved_model(model, base, name=f"{precision}_{case.replace(' ', '_')}",
+                                  frozen=True, precision=precision, warmup=False)
+        report[f"{precision}/{case}"] = trace(path)
 print(json.dumps(report))
 """
 
@@ -61,7 +63,7 @@ def traced():
 
 
 CASES = ["float32/random biases", "float32/zero biases", "bfloat16/random biases",
-         "bfloat16/zero biases"]
+         "bfloat16/zero biases", "float32/erf gelu", "bfloat16/erf gelu"]
 
 
 def _describe(nodes):
@@ -77,7 +79,8 @@ def test_every_dense_matmul_is_fused_with_its_bias(traced, case):
     unfused = [n for n in dense if "FusedMatMul" not in n["op"]
                or n["fused_ops"][:1] != ["BiasAdd"]]
     assert not unfused, f"{case}: dense matmuls without a fused bias:\n{_describe(unfused)}"
-    gelu = [n for n in dense if n["fused_ops"] == ["BiasAdd", "GeluApproximate"]]
+    fused_gelu = "GeluExact" if "erf" in case else "GeluApproximate"
+    gelu = [n for n in dense if n["fused_ops"] == ["BiasAdd", fused_gelu]]
     assert len(gelu) == TINY["num_layers"], \
         f"{case}: expected one matmul + bias + GELU per block (the MLP's first dense):\n" \
         f"{_describe(dense)}"

@@ -146,7 +146,8 @@ def test_bad_input_raises_value_error(tiny_model, bad, match):
     ({"classifier": "mean"}, "classifier must be one of"),
     ({"num_heads": 5}, "not divisible by num_heads"),
     ({"dropout_rate": 1.5}, "dropout_rate must be in"),
-    ({"weights": "model.pt"}, "cannot load weights"),
+    ({"weights": "model.onnx"}, "cannot load weights"),
+    ({"weights": "model.pt"}, "pickled PyTorch checkpoints .* refused"),
 ])
 def test_bad_arguments(kwargs, match):
     args = dict(image_size=32, **TINY)

@@ -1,0 +1,104 @@
+"""Where weights come from (the original release, timm, transformers) and the numerics each
+source computes with, so that a model loaded from a source computes what the source does.
+
+=======================  ==========  ==============  ===============  ==========================
+source                   GELU        LayerNorm eps   GroupNorm eps    weight standardisation
+=======================  ==========  ==============  ===============  ==========================
+original (jax / Flax)    tanh        1e-6            1e-6             ``(w - m) / (std + 1e-5)``
+timm                     erf (exact) 1e-6            1e-5             ``(w - m) / sqrt(var+1e-8)``
+transformers             erf (exact) 1e-12           (no hybrids)     (no hybrids)
+=======================  ==========  ==============  ===============  ==========================
+
+Read from the sources: jax's ``nn.gelu`` defaults to the tanh approximation; PyTorch's
+``nn.GELU`` (timm) and transformers' ``"gelu"`` activation are exact; timm's ViTs use
+``LayerNorm(eps=1e-6)``; transformers' ``ViTConfig.layer_norm_eps`` defaults to 1e-12 (the
+value is read from each ``config.json``); timm's ``vision_transformer_hybrid._resnetv2``
+uses ``StdConv2dSame(eps=1e-8)`` (epsilon added to the variance) and ``GroupNormAct``'s
+default epsilon 1e-5.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+ORIGINAL, TIMM, TRANSFORMERS = "original", "timm", "transformers"
+
+NUMERICS = {
+    ORIGINAL: dict(gelu="tanh", layer_norm_epsilon=1e-6, group_norm_epsilon=1e-6,
+                   std_conv_epsilon=1e-5, std_conv_epsilon_in_sqrt=False),
+    TIMM: dict(gelu="erf", layer_norm_epsilon=1e-6, group_norm_epsilon=1e-5,
+               std_conv_epsilon=1e-8, std_conv_epsilon_in_sqrt=True),
+    TRANSFORMERS: dict(gelu="erf", layer_norm_epsilon=1e-12, group_norm_epsilon=1e-6,
+                       std_conv_epsilon=1e-5, std_conv_epsilon_in_sqrt=False),
+}
+
+# transformers' ``hidden_act`` names -> keras_vit's GELU variants.
+_TRANSFORMERS_GELU = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh",
+                      "gelu_pytorch_tanh": "tanh"}
+PICKLED_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
+
+
+def refuse_pickle(path: str) -> None:
+    """Raises for a pickled PyTorch checkpoint: unpickling can run arbitrary code."""
+    from keras_vit.checkpoints import CheckpointError
+    raise CheckpointError(
+        f"{path}: pickled PyTorch checkpoints (.bin, .pth, .pt) are refused (unpickling can "
+        "run code); use the model's .safetensors file instead (timm: the .safetensors file; "
+        "transformers: the directory with config.json and model.safetensors)")
+
+
+def weights_source(weights) -> Optional[str]:
+    """``"timm"`` for a ``.safetensors`` file, ``"transformers"`` for a model directory,
+    ``"original"`` for an ``.npz`` file, None for anything else (``.keras``, names)."""
+    if weights is None:
+        return None
+    path = os.fspath(weights)
+    if path.endswith(".safetensors"):
+        return TIMM
+    if os.path.isdir(path):
+        return TRANSFORMERS
+    if path.endswith(".npz"):
+        return ORIGINAL
+    return None
+
+
+def read_transformers_config(directory) -> dict:
+    """The ``config.json`` of a transformers ViT model directory, checked.
+
+    Raises:
+        CheckpointError: no or unreadable ``config.json``, or not a ViT (``model_type``).
+    """
+    from keras_vit.checkpoints import CheckpointError
+    directory = os.fspath(directory)
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{directory} is not a transformers model directory: it has no "
+                              "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not readable JSON: {error}") from None
+    if not isinstance(config, dict) or config.get("model_type") != "vit":
+        found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{path}: model_type {found!r} is not a transformers ViT "
+                              "(expected 'vit')")
+    act = config.get("hidden_act", "gelu")
+    if act not in _TRANSFORMERS_GELU:
+        raise CheckpointError(f"{path}: hidden_act {act!r} is not a GELU keras_vit computes "
+                              f"(known: {', '.join(sorted(_TRANSFORMERS_GELU))})")
+    return config
+
+
+def source_numerics(weights) -> dict:
+    """The numerics (:data:`NUMERICS` keys) of the source of ``weights``; the original's for
+    anything that is not a timm or transformers checkpoint. For a transformers directory
+    the GELU and LayerNorm epsilon come from its ``config.json``."""
+    source = weights_source(weights)
+    if source == TRANSFORMERS:
+        config = read_transformers_config(weights)
+        return dict(NUMERICS[TRANSFORMERS],
+                    gelu=_TRANSFORMERS_GELU[config.get("hidden_act", "gelu")],
+                    layer_norm_epsilon=float(config.get("layer_norm_eps", 1e-12)))
+    return dict(NUMERICS[source if source == TIMM else ORIGINAL])
