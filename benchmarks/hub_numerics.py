@@ -10,21 +10,16 @@ logits, float32, eager call.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
 import keras_vit
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
-                        "hub")
-TINY_HUB = dict(image_size=32, hidden_size=32, mlp_size=64, num_heads=2, num_layers=2,
-                num_classes=5)
-CASES = {
-    "timm_vit_token": dict(patch_size=8, weights="timm_vit_token.safetensors"),
-    "timm_vit_avg": dict(patch_size=8, classifier="gap", weights="timm_vit_avg.safetensors"),
-    "timm_hybrid": dict(patch_size=1, resnet_stages=(1,), weights="timm_hybrid.safetensors"),
-    "transformers_vit": dict(patch_size=8, weights="transformers_vit"),
-}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The fixtures' architectures are defined once, beside the tests that check them.
+from tests.keras_vit.test_hub_checkpoints import CASES, FIXTURES, TINY_HUB  # noqa: E402
+
 # (column, the option replaced by the other source's / the original's value, which cases)
 VARIANTS = [
     ("source numerics", {}, None),
