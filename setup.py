@@ -8,6 +8,10 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
                     open("keras_vit/version.py", encoding="utf-8").read()).group(1)
 
 SERVING = ["tensorflow-serving-api>=2.16", "grpcio"]
+# keras-vit export --format litert / onnx: the runtimes that check each file, and tf2onnx
+# (1.17: numpy 2, with Keras's patch) for the ONNX converter Keras calls.
+LITERT = ["ai-edge-litert>=2.3"]
+ONNX = ["tf2onnx>=1.17", "onnx", "onnxruntime"]
 
 setup(
     name="keras-vit",
@@ -32,7 +36,9 @@ setup(
     extras_require={
         # Protos for the TF Serving warm-up file and the gRPC client.
         "serving": SERVING,
-        "test": SERVING + ["pytest>=7", "scipy"],
+        "litert": LITERT,
+        "onnx": ONNX,
+        "test": SERVING + LITERT + ONNX + ["pytest>=7", "scipy"],
         # benchmarks/compare.py: the peers it measures keras-vit against.
         "benchmark": SERVING + ["torch", "torchvision", "timm", "keras-hub"],
     },

@@ -138,6 +138,23 @@ def test_failed_verification_writes_nothing(model, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # neither the file nor its staging copy
 
 
+def test_file_created_during_the_export_is_kept(model, tmp_path, monkeypatch):
+    """The final rename never replaces a file that appeared after the early check."""
+    import export.portable
+    from export import ExportError
+    target = tmp_path / "m.onnx"
+    convert = export.portable._convert
+
+    def convert_then_someone_writes(*args):
+        convert(*args)
+        target.write_bytes(b"theirs")
+
+    monkeypatch.setattr(export.portable, "_convert", convert_then_someone_writes)
+    with pytest.raises(ExportError, match="m.onnx already exists"):
+        export_onnx(model, str(target))
+    assert target.read_bytes() == b"theirs" and os.listdir(tmp_path) == ["m.onnx"]
+
+
 @pytest.fixture(scope="module")
 def keras_file(model, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("keras") / "tiny.keras")
