@@ -24,13 +24,16 @@ FORMATS = ("litert", "onnx")
 SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 QUANTIZATIONS = ("float16", "dynamic_int8")
 
-# Largest |probability - Keras probability| a correct file shows on the verification images
-# (measured on the digits model and tiny test models, with margin; README, "Export to LiteRT
-# and ONNX"). Within it, top-1 agrees wherever Keras's top two are more than twice it apart.
-TOLERANCES = {("litert", None): 1e-5, ("onnx", None): 1e-5,
-              ("litert", "float16"): 5e-3, ("litert", "dynamic_int8"): 5e-2}
+# Per format: (largest |probability - Keras probability|, top-2 gap in Keras under which
+# top-1 may flip), what a correct file stays within on the verification images. Measured on
+# the digits demo model over its 360 test images and on ViT-B/16 (README, "Export to LiteRT
+# and ONNX"), with a margin of about 2x: float16 8.5e-3, int8 0.11 measured. Within the
+# first number, top-1 agrees wherever the top two are more than twice it apart; the second
+# is stricter for the quantised files.
+TOLERANCES = {("litert", None): (1e-5, 2e-5), ("onnx", None): (1e-5, 2e-5),
+              ("litert", "float16"): (2e-2, 1e-2), ("litert", "dynamic_int8"): (0.25, 0.05)}
 
-VERIFICATION_IMAGES = 8
+VERIFICATION_IMAGES = 8  # digits, plus two colour images (the digits are grey: R = G = B)
 
 
 def check_options(fmt: str, quantization: Optional[str]) -> None:
@@ -71,30 +74,44 @@ def _convert(wrapper: keras.Model, fmt: str, quantization: Optional[str], path: 
 
 
 def verification_images(image_size, count: int = VERIFICATION_IMAGES) -> np.ndarray:
-    """``count`` real images at ``image_size``: the last handwritten digits of
-    scikit-learn's bundled set, as RGB pixels through :func:`keras_vit.preprocess_image`."""
-    from sklearn.datasets import load_digits
-    digits = np.round(load_digits().images[-count:] * (255.0 / 16.0)).astype(np.uint8)
-    rgb = np.repeat(digits[..., None], 3, axis=-1)
+    """``count`` real images and two colour ones at ``image_size``, raw pixels through
+    :func:`keras_vit.preprocess_image`: the last handwritten digits of scikit-learn's bundled
+    set (grey, so blind to channel order) and :func:`export.warmup.sample_image` (gradients
+    in red and green, noise in blue)."""
     import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    from export.warmup import sample_image
+    digits = np.round(load_digits().images[-count:] * (255.0 / 16.0)).astype(np.uint8)
+    images = list(np.repeat(digits[..., None], 3, axis=-1))
+    images += [sample_image(48, 40, seed) for seed in (0, 1)]
     return np.stack([keras_vit.preprocess_image(tf.constant(image), image_size).numpy()
-                     for image in rgb])
+                     for image in images])
 
 
-def compare(want: np.ndarray, got: np.ndarray, tolerance: float) -> dict:
+def compare(want: np.ndarray, got: np.ndarray, tolerance: float,
+            tie: float = 0.0) -> dict:
     """Max probability difference and top-1 agreement of ``got`` against ``want``; ``ok``
-    when the difference is within ``tolerance``. That also bounds top-1: a file within
-    tolerance agrees on every image whose top two (in ``want``) are more than
-    ``2 * tolerance`` apart, so only near-ties may flip."""
+    when the difference is within ``tolerance`` and top-1 agrees on every image whose top
+    two (in ``want``) are more than ``tie`` apart."""
     want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
     if got.shape != want.shape:
         return {"ok": False, "problem": f"output shape {got.shape}, expected {want.shape}"}
     diff = float(np.abs(got - want).max()) if np.isfinite(got).all() else float("inf")
+    top2 = np.sort(want, axis=-1)[:, -2:]
+    disagree = want.argmax(-1) != got.argmax(-1)
+    flipped = int((disagree & (top2[:, 1] - top2[:, 0] > tie)).sum())
     report = {"images": len(want), "max_abs_diff": diff, "tolerance": tolerance,
-              "top1_agree": int((want.argmax(-1) == got.argmax(-1)).sum()),
-              "ok": diff <= tolerance}
-    if not report["ok"]:
-        report["problem"] = f"max probability difference {diff:.3g} > {tolerance:g}"
+              "top1_agree": int((~disagree).sum())}
+    problems = []
+    if diff > tolerance:
+        problems.append(f"max probability difference {diff:.3g} > {tolerance:g}")
+    if flipped:
+        problems.append(f"top-1 differs on {flipped} image(s) whose top two are more than "
+                        f"{tie:g} apart")
+    report["ok"] = not problems
+    if problems:
+        report["problem"] = "; ".join(problems)
     return report
 
 
@@ -102,7 +119,8 @@ def verify_file(path: str, model: keras.Model, fmt: str, quantization: Optional[
                 images: Optional[np.ndarray] = None) -> dict:
     """Runs ``path`` with its own runtime and ``model`` in Keras on ``images`` (default:
     :func:`verification_images`) and compares them (:func:`compare`, per-format
-    :data:`TOLERANCES`)."""
+    :data:`TOLERANCES`): a report with ``ok``, ``max_abs_diff``, ``top1_agree`` of
+    ``images``, and ``problem`` when not ok."""
     check_options(fmt, quantization)
     if images is None:
         images = verification_images(keras_vit.model_image_size(model))
@@ -110,7 +128,7 @@ def verify_file(path: str, model: keras.Model, fmt: str, quantization: Optional[
     want = np.exp(logits - logits.max(-1, keepdims=True))
     want /= want.sum(-1, keepdims=True)
     got = runner(fmt, path)(images)
-    return compare(want, got, TOLERANCES[(fmt, quantization)])
+    return compare(want, got, *TOLERANCES[(fmt, quantization)])
 
 
 def format_verification(path: str, report: dict) -> str:

@@ -6,8 +6,7 @@ import pytest
 
 import keras_vit
 from export import export_litert, export_onnx
-from export.portable import (QUANTIZATIONS, TOLERANCES, compare, verification_images,
-                             verify_file)
+from export.portable import QUANTIZATIONS, compare, verification_images, verify_file
 from export.runtimes import litert_interpreter, onnx_session, run_litert, run_onnx
 from tests.conftest import TINY, perturb, random_images
 from training.cli import main
@@ -70,9 +69,11 @@ def _tensor_dtypes(path):
     return {np.dtype(t["dtype"]).name for t in litert_interpreter(path).get_tensor_details()}
 
 
-@pytest.mark.parametrize("quantization, stored", [("float16", "float16"),
-                                                  ("dynamic_int8", "int8")])
-def test_litert_quantized(model, files, quantization, stored):
+# Measured on this model: float16 3.5e-4, int8 8e-3; a file fed BGR or [-1, 1] is off by
+# more than 0.13 (the verification's own TOLERANCES are looser: they cover trained models).
+@pytest.mark.parametrize("quantization, stored, atol", [("float16", "float16", 2e-3),
+                                                        ("dynamic_int8", "int8", 3e-2)])
+def test_litert_quantized(model, files, quantization, stored, atol):
     path = files[quantization]
     assert stored in _tensor_dtypes(path) and stored not in _tensor_dtypes(files[None])
     assert os.path.getsize(path) < 0.7 * os.path.getsize(files[None])
@@ -80,7 +81,7 @@ def test_litert_quantized(model, files, quantization, stored):
     want = _probabilities(model, images)
     got = run_litert(litert_interpreter(path), images)
     assert got.dtype == np.float32
-    assert np.abs(got - want).max() <= TOLERANCES[("litert", quantization)]
+    assert np.abs(got - want).max() <= atol
     np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
 
 
@@ -118,12 +119,16 @@ def test_verification_catches_another_model(model, files):
     assert not report["ok"] and "max probability difference" in report["problem"]
 
 
-def test_compare_counts_top1_and_bounds_the_difference():
+def test_compare_bounds_the_difference_and_top1_outside_ties():
     want = np.array([[0.5, 0.4, 0.1], [0.5004, 0.4996, 0.0]])
     tie_flipped = np.array([[0.5, 0.4, 0.1], [0.4996, 0.5004, 0.0]])
-    report = compare(want, tie_flipped, 1e-3)
+    report = compare(want, tie_flipped, 1e-3, tie=1e-3)
     assert report["ok"] and report["top1_agree"] == 1 and report["max_abs_diff"] < 1e-3
-    report = compare(want, want[:, [1, 0, 2]], 0.05)
+    report = compare(want, tie_flipped, 1e-3, tie=1e-4)  # the gap 8e-4 is no tie here
+    assert not report["ok"] and report["problem"].startswith("top-1 differs on 1 image")
+    report = compare(want, want[:, [1, 0, 2]], 0.2, tie=0.05)
+    assert not report["ok"] and report["problem"].startswith("top-1 differs on 1 image")
+    report = compare(want, want[:, [1, 0, 2]], 0.05, tie=0.2)
     assert not report["ok"] and report["problem"].startswith("max probability difference 0.1")
     assert not compare(want, np.full_like(want, np.nan), 0.05)["ok"]
     assert not compare(want, want[:, :2], 0.05)["ok"]
@@ -131,7 +136,7 @@ def test_compare_counts_top1_and_bounds_the_difference():
 
 def test_failed_verification_writes_nothing(model, tmp_path, monkeypatch):
     import export.portable
-    monkeypatch.setitem(export.portable.TOLERANCES, ("litert", "float16"), 0.0)
+    monkeypatch.setitem(export.portable.TOLERANCES, ("litert", "float16"), (0.0, 0.0))
     from export import ExportError
     with pytest.raises(ExportError, match="FAILED: max probability difference .* nothing was"):
         export_litert(model, str(tmp_path / "m.tflite"), quantization="float16")
@@ -192,11 +197,11 @@ def test_cli_writes_verifies_and_never_overwrites(model, keras_file, tmp_path, c
 
     assert main(argv + ["--overwrite"]) == 0
     out = capsys.readouterr().out
-    assert f"exported {target}" in out and "top-1 agrees on 8/8 images" in out
+    assert f"exported {target}" in out and "top-1 agrees on 10/10 images" in out
     assert target.read_bytes() != b"mine"
     assert main(["export", keras_file, "--format", "litert", "--quantize", "int8",
                  "--verify", str(target)]) == 0
-    assert "top-1 agrees on 8/8" in capsys.readouterr().out
+    assert "top-1 agrees on 10/10" in capsys.readouterr().out
 
     onnx_path = tmp_path / "named.onnx"
     assert main(["export", keras_file, "--format", "onnx", "--output", str(onnx_path)]) == 0
