@@ -132,6 +132,8 @@ def _file_path(args, model, quantization):
     suffix = SUFFIXES[args.format]
     if args.output.endswith(suffix):
         return args.output
+    if args.output.endswith(tuple(SUFFIXES.values())):
+        raise ValueError(f"--output {args.output}: a {args.format} file ends with {suffix}")
     name = check_name(args.name or model.name)
     return os.path.join(args.output, f"{name}-{args.quantize}{suffix}" if quantization
                         else f"{name}{suffix}")

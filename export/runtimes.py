@@ -40,9 +40,17 @@ def run_onnx(session, images: np.ndarray) -> np.ndarray:
 
 
 def runner(fmt: str, path: str, num_threads: int = 2):
-    """``images -> outputs`` for a ``"litert"`` or ``"onnx"`` file."""
-    if fmt == "litert":
-        interpreter = litert_interpreter(path, num_threads)
-        return lambda images: run_litert(interpreter, images)
-    session = onnx_session(path, num_threads)
-    return lambda images: run_onnx(session, images)
+    """``images -> outputs`` for a ``"litert"`` or ``"onnx"`` file; a file the runtime
+    cannot load is a ValueError naming it."""
+    try:
+        if fmt == "litert":
+            interpreter = litert_interpreter(path, num_threads)
+            return lambda images: run_litert(interpreter, images)
+        session = onnx_session(path, num_threads)
+        return lambda images: run_onnx(session, images)
+    except (ImportError, OSError):
+        raise
+    except Exception as error:  # each runtime raises its own types for a bad file
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"{path} is not a {fmt} model its runtime can load: "
+                         f"{type(error).__name__}: {detail}") from None

@@ -207,3 +207,10 @@ def test_cli_writes_verifies_and_never_overwrites(model, keras_file, tmp_path, c
     assert main(["export", keras_file, "--format", "onnx", "--output", str(onnx_path)]) == 0
     got = run_onnx(onnx_session(str(onnx_path)), _images())
     np.testing.assert_allclose(got, _probabilities(model, _images()), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fmt, name", [("litert", "junk.tflite"), ("onnx", "junk.onnx")])
+def test_cli_verify_of_a_corrupt_file_is_one_line(keras_file, tmp_path, capsys, fmt, name):
+    (tmp_path / name).write_bytes(b"not a model")
+    assert main(["export", keras_file, "--format", fmt, "--verify", str(tmp_path / name)]) == 2
+    _one_line_error(capsys, str(tmp_path / name), f"is not a {fmt} model")
