@@ -67,7 +67,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--images", type=int, default=None, help="at most this many")
     parser.add_argument("--skip-onnx", action="store_true",
-                        help="LiteRT only (tf2onnx's conversion needs about 60x the weights' "
+                        help="LiteRT only (tf2onnx's conversion needs roughly 60-80x the weights' "
                              "size in memory: over 20 GB for ViT-B/16)")
     args = parser.parse_args()
     if bool(args.model) == bool(args.random):
