@@ -2,7 +2,7 @@
 
 The file takes float pixels in [0, 255] (NHWC, any batch, at the model's resolution: the
 model's own first layer rescales them) and returns float32 ``probabilities`` (softmax of the
-logits). The converters are the maintained ones, through Keras's ``model.export``: the LiteRT
+logits), computed in float32 (also for a model trained under a mixed-precision policy). The converters are the maintained ones, through Keras's ``model.export``: the LiteRT
 converter shipped with TensorFlow (builtin ops only, so the file runs without the Flex
 delegate) and tf2onnx. Each file is checked with its own runtime against the Keras model
 before it is renamed into place; an existing file is kept unless ``overwrite``.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import Optional
 
 import keras
@@ -62,8 +63,10 @@ def _convert(wrapper: keras.Model, fmt: str, quantization: Optional[str], path: 
     import tensorflow as tf
     if fmt == "onnx":
         height, width = wrapper.input_shape[1:3]
-        wrapper.export(path, format="onnx", verbose=False, input_signature=[
-            tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
+        with warnings.catch_warnings():  # Keras's numpy-2 patch of tf2onnx touches np.object
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapper.export(path, format="onnx", verbose=False, input_signature=[
+                tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
         return
     options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
     if quantization is not None:  # weights stored quantised, activations float
@@ -119,11 +122,16 @@ def verify_file(path: str, model: keras.Model, fmt: str, quantization: Optional[
                 images: Optional[np.ndarray] = None) -> dict:
     """Runs ``path`` with its own runtime and ``model`` in Keras on ``images`` (default:
     :func:`verification_images`) and compares them (:func:`compare`, per-format
-    :data:`TOLERANCES`): a report with ``ok``, ``max_abs_diff``, ``top1_agree`` of
+    :data:`TOLERANCES`; a mixed-precision ``model`` is compared in float32, as the file
+    computes): a report with ``ok``, ``max_abs_diff``, ``top1_agree`` of
     ``images``, and ``problem`` when not ok."""
     check_options(fmt, quantization)
     if images is None:
         images = verification_images(keras_vit.model_image_size(model))
+    if any(layer.compute_dtype != "float32" for layer in model.layers):
+        # A mixed-precision model: the file computes in float32 (probability_model), so
+        # the reference is the float32 copy of the same weights.
+        model = keras_vit.inference_model(model, "float32", fold=False)
     logits = np.asarray(model(images, training=False), np.float64)
     want = np.exp(logits - logits.max(-1, keepdims=True))
     want /= want.sum(-1, keepdims=True)

@@ -111,6 +111,20 @@ def test_hybrid_converts(tmp_path):
     np.testing.assert_allclose(got_onnx, want, atol=1e-5, rtol=0)
 
 
+def test_mixed_precision_model_is_exported_in_float32(tmp_path):
+    import keras
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = perturb(keras_vit.ViT(image_size=32, num_classes=5, **TINY), scale=0.5)
+    keras.config.set_dtype_policy("float32")
+    report = export_litert(model, str(tmp_path / "m.tflite"))
+    assert report["ok"] and report["max_abs_diff"] < 1e-5
+    images = _images()
+    got = run_litert(litert_interpreter(str(tmp_path / "m.tflite")), images)
+    float32 = keras_vit.inference_model(model, "float32", fold=False)
+    np.testing.assert_allclose(got, _probabilities(float32, images), atol=1e-5, rtol=0)
+    assert np.abs(got - _probabilities(model, images)).max() > 1e-4  # bfloat16 differs
+
+
 def test_verification_catches_another_model(model, files):
     """verify_file must be able to fail: the file of one model checked against another."""
     assert verify_file(files["onnx"], model, "onnx")["ok"]
