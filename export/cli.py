@@ -156,6 +156,8 @@ def run_file_export(args) -> int:
             raise ValueError(f"no such file: {args.verify}")
         report = verify_file(args.verify, model, args.format, quantization)
         print(format_verification(args.verify, report))
+        if not report["ok"] and args.format == "litert" and quantization is None:
+            print("  (compared with float32 tolerances: for a quantised file pass --quantize)")
         return 0 if report["ok"] else 1
     path = _file_path(args, model, quantization)
     report = export_file(model, path, args.format, quantization, overwrite=args.overwrite)

@@ -216,6 +216,8 @@ def test_cli_writes_verifies_and_never_overwrites(model, keras_file, tmp_path, c
     assert main(["export", keras_file, "--format", "litert", "--quantize", "int8",
                  "--verify", str(target)]) == 0
     assert "top-1 agrees on 10/10" in capsys.readouterr().out
+    assert main(["export", keras_file, "--format", "litert", "--verify", str(target)]) == 1
+    assert "for a quantised file pass --quantize" in capsys.readouterr().out
 
     onnx_path = tmp_path / "named.onnx"
     assert main(["export", keras_file, "--format", "onnx", "--output", str(onnx_path)]) == 0
