@@ -10,6 +10,10 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
 SERVING = ["tensorflow-serving-api>=2.16", "grpcio"]
 # timm and transformers checkpoints from the Hugging Face hub (read with numpy, no torch).
 HUB = ["safetensors>=0.4"]
+# keras-vit export --format litert / onnx: the runtimes that check each file, and tf2onnx
+# (1.17: numpy 2, with Keras's patch) for the ONNX converter Keras calls.
+LITERT = ["ai-edge-litert>=2.3"]
+ONNX = ["tf2onnx>=1.17", "onnx", "onnxruntime"]
 
 setup(
     name="keras-vit",
@@ -35,7 +39,9 @@ setup(
         # Protos for the TF Serving warm-up file and the gRPC client.
         "serving": SERVING,
         "hub": HUB,
-        "test": SERVING + HUB + ["pytest>=7", "scipy"],
+        "litert": LITERT,
+        "onnx": ONNX,
+        "test": SERVING + HUB + LITERT + ONNX + ["pytest>=7", "scipy"],
         # benchmarks/compare.py: the peers it measures keras-vit against;
         # benchmarks/make_hub_fixtures.py: the libraries whose logits the hub tests check.
         "benchmark": SERVING + HUB + ["torch", "torchvision", "timm", "keras-hub",

@@ -16,9 +16,20 @@ def positive_int(text):
     return value
 
 
+QUANTIZE = {"float16": "float16", "int8": "dynamic_int8"}
+
+
 def add_export_arguments(parser):
     parser.add_argument("model", nargs="?", help="a .keras model or a training run directory")
-    parser.add_argument("--output", default="models", help="base directory (default: models)")
+    parser.add_argument("--format", choices=("savedmodel", "litert", "onnx"),
+                        default="savedmodel",
+                        help="savedmodel: a TF Serving version (default); litert / onnx: one "
+                             ".tflite / .onnx file, pixels in, probabilities out")
+    parser.add_argument("--quantize", choices=tuple(QUANTIZE),
+                        help="LiteRT only: float16 weights, or int8 dynamic-range quantisation")
+    parser.add_argument("--output", default="models",
+                        help="base directory (default: models); for litert / onnx a directory "
+                             "(file <name>[-<quantize>].tflite / .onnx) or the file itself")
     parser.add_argument("--name", default=None, help="model name (default: the model's)")
     parser.add_argument("--version", type=positive_int, default=None,
                         help="version number, a positive integer (default: the next free one)")
@@ -37,7 +48,8 @@ def add_export_arguments(parser):
                              "the server decodes (default: keras_vit.preprocessing."
                              "DEFAULT_MAX_PIXELS, 25 million)")
     parser.add_argument("--verify", metavar="VERSION_DIR", default=None,
-                        help="verify an exported version (with MODEL: compare outputs)")
+                        help="verify an exported version (with MODEL: compare outputs); with "
+                             "--format litert / onnx: a .tflite / .onnx file against MODEL")
 
 
 def add_predict_arguments(parser):
@@ -91,10 +103,76 @@ def _model_to_compare(args):
     return model, f"outputs compared with the model in {source} (its source)"
 
 
+# Options of the TF Serving export that mean nothing for a LiteRT or ONNX file.
+SAVEDMODEL_ONLY = (("version", None), ("labels", None), ("frozen", False),
+                   ("precision", "float32"), ("max_pixels", None))
+
+
+def _check_format_options(args):
+    if args.quantize and args.format != "litert":
+        raise ValueError(f"--quantize {args.quantize} is for --format litert only "
+                         f"(--format {args.format} writes float32)")
+    if args.format == "savedmodel":
+        return
+    for option, default in SAVEDMODEL_ONLY:
+        if getattr(args, option) != default:
+            raise ValueError(f"--{option.replace('_', '-')} is for --format savedmodel only")
+
+
+def _image_size(args):
+    if not args.image_size:
+        return None
+    return args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
+
+
+def _file_path(args, model, quantization):
+    """--output as the file itself (with the format's suffix) or as its directory."""
+    from export.portable import SUFFIXES
+    from export.versions import check_name
+    suffix = SUFFIXES[args.format]
+    if args.output.endswith(suffix):
+        return args.output
+    if args.output.endswith(tuple(SUFFIXES.values())):
+        raise ValueError(f"--output {args.output}: a {args.format} file ends with {suffix}")
+    name = check_name(args.name or model.name)
+    return os.path.join(args.output, f"{name}-{args.quantize}{suffix}" if quantization
+                        else f"{name}{suffix}")
+
+
+def run_file_export(args) -> int:
+    """--format litert / onnx: write (or with --verify, check) one file."""
+    import keras_vit
+    from export.portable import export_file, format_verification, verify_file
+
+    quantization = QUANTIZE.get(args.quantize)
+    if not args.model:
+        raise ValueError(f"give the .keras model or run directory to export as {args.format}"
+                         + (" (and to compare --verify's file with)" if args.verify else ""))
+    model = _resolve_model(args.model)[0]
+    if _image_size(args) is not None:
+        model = keras_vit.model_at_resolution(model, _image_size(args))
+    if args.verify:
+        if not os.path.isfile(args.verify):
+            raise ValueError(f"no such file: {args.verify}")
+        report = verify_file(args.verify, model, args.format, quantization)
+        print(format_verification(args.verify, report))
+        if not report["ok"] and args.format == "litert" and quantization is None:
+            print("  (compared with float32 tolerances: for a quantised file pass --quantize)")
+        return 0 if report["ok"] else 1
+    path = _file_path(args, model, quantization)
+    report = export_file(model, path, args.format, quantization, overwrite=args.overwrite)
+    print(f"exported {path} ({os.path.getsize(path):,} bytes)")
+    print(f"  verified: {format_verification(path, report)}")
+    return 0
+
+
 def run_export(args) -> int:
     from export.saved_model import export_saved_model, read_labels
     from export.verify import format_report, verify_export
 
+    _check_format_options(args)
+    if args.format != "savedmodel":
+        return run_file_export(args)
     if args.verify:
         model, note = _model_to_compare(args)
         report = verify_export(args.verify, model=model)
@@ -106,11 +184,9 @@ def run_export(args) -> int:
     model, labels = _resolve_model(args.model)
     if args.labels:
         labels = read_labels(args.labels)
-    size = None
-    if args.image_size:
-        size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
     path = export_saved_model(model, args.output, name=args.name or model.name,
-                              version=args.version, image_size=size, labels=labels,
+                              version=args.version, image_size=_image_size(args),
+                              labels=labels,
                               top_k=args.top_k, overwrite=args.overwrite,
                               frozen=args.frozen, precision=args.precision,
                               **({} if args.max_pixels is None
@@ -127,7 +203,8 @@ def run_predict(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_export_arguments(sub.add_parser("export", help="write a TF Serving version"))
+    add_export_arguments(sub.add_parser("export", help="write a TF Serving version, or a "
+                                                       "LiteRT / ONNX file"))
     add_predict_arguments(sub.add_parser("predict", help="classify images"))
     args = parser.parse_args(argv)
     return dispatch(args.command, args, parser.prog)

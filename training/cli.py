@@ -211,7 +211,8 @@ def build_parser():
     from training.inspect_cli import add_commands
     add_commands(sub)  # explain, inspect
     from export.cli import add_export_arguments, add_predict_arguments
-    add_export_arguments(sub.add_parser("export", help="write / verify a TF Serving model"))
+    add_export_arguments(sub.add_parser("export", help="write / verify a TF Serving model, "
+                                                       "or a LiteRT / ONNX file"))
     add_predict_arguments(sub.add_parser("predict", help="classify images with any model"))
     _convert_parser(sub.add_parser("convert", help="original .npz -> .keras / .weights.h5"))
     return parser

@@ -1,0 +1,216 @@
+"""One-file exports for phones, browsers and ONNX Runtime: LiteRT (``.tflite``) and ONNX.
+
+The file takes float pixels in [0, 255] (NHWC, any batch, at the model's resolution: the
+model's own first layer rescales them) and returns float32 ``probabilities`` (softmax of the
+logits), computed in float32 (also for a model trained under a mixed-precision policy). The converters are the maintained ones, through Keras's ``model.export``: the LiteRT
+converter shipped with TensorFlow (builtin ops only, so the file runs without the Flex
+delegate) and tf2onnx. Each file is checked with its own runtime against the Keras model
+before it is renamed into place; an existing file is kept unless ``overwrite``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from typing import Optional
+
+import keras
+import numpy as np
+
+import keras_vit
+from export.runtimes import runner
+from export.saved_model import ExportError
+
+FORMATS = ("litert", "onnx")
+SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
+QUANTIZATIONS = ("float16", "dynamic_int8")
+
+# Per format: (largest |probability - Keras probability|, top-2 gap in Keras under which
+# top-1 may flip), what a correct file stays within on the verification images. Measured on
+# the digits demo model over its 360 test images and on ViT-B/16 (README, "Export to LiteRT
+# and ONNX"), with a margin of about 2x: float16 8.5e-3, int8 0.11 measured. Within the
+# first number, top-1 agrees wherever the top two are more than twice it apart; the second
+# is stricter for the quantised files.
+TOLERANCES = {("litert", None): (1e-5, 2e-5), ("onnx", None): (1e-5, 2e-5),
+              ("litert", "float16"): (2e-2, 1e-2), ("litert", "dynamic_int8"): (0.25, 0.05)}
+
+VERIFICATION_IMAGES = 8  # digits, plus two colour images (the digits are grey: R = G = B)
+
+
+def check_options(fmt: str, quantization: Optional[str]) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if quantization is not None and (fmt, quantization) not in TOLERANCES:
+        raise ValueError(f"quantization {quantization!r} is not available for {fmt} (LiteRT "
+                         f"takes {', '.join(QUANTIZATIONS)}; ONNX none)")
+
+
+def probability_model(model: keras.Model) -> keras.Model:
+    """``model`` at its own resolution, float32, without dropout, with a softmax on top:
+    ``{"images": pixels in [0, 255]} -> {"probabilities": ...}``."""
+    if "rescaling" not in [layer.name for layer in model.layers]:
+        raise ValueError(f"model {model.name!r} was built with include_preprocessing=False: "
+                         "the exported file would take [-1, 1] inputs, not pixels")
+    inference = keras_vit.inference_model(model, "float32", fold=False)
+    height, width = keras_vit.model_image_size(model)
+    images = keras.Input((height, width, 3), name="images")
+    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(
+        inference(images))
+    return keras.Model(images, {"probabilities": probabilities}, name=model.name)
+
+
+def _convert(wrapper: keras.Model, fmt: str, quantization: Optional[str], path: str) -> None:
+    import tensorflow as tf
+    if fmt == "onnx":
+        height, width = wrapper.input_shape[1:3]
+        with warnings.catch_warnings():  # Keras's numpy-2 patch of tf2onnx touches np.object
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapper.export(path, format="onnx", verbose=False, input_signature=[
+                tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
+        return
+    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if quantization is not None:  # weights stored quantised, activations float
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        options["target_spec"]["supported_types"] = [tf.float16]
+    wrapper.export(path, format="litert", verbose=False, **options)
+
+
+def verification_images(image_size, count: int = VERIFICATION_IMAGES) -> np.ndarray:
+    """``count`` real images and two colour ones at ``image_size``, raw pixels through
+    :func:`keras_vit.preprocess_image`: the last handwritten digits of scikit-learn's bundled
+    set (grey, so blind to channel order) and :func:`export.warmup.sample_image` (gradients
+    in red and green, noise in blue)."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    from export.warmup import sample_image
+    digits = np.round(load_digits().images[-count:] * (255.0 / 16.0)).astype(np.uint8)
+    images = list(np.repeat(digits[..., None], 3, axis=-1))
+    images += [sample_image(48, 40, seed) for seed in (0, 1)]
+    return np.stack([keras_vit.preprocess_image(tf.constant(image), image_size).numpy()
+                     for image in images])
+
+
+def compare(want: np.ndarray, got: np.ndarray, tolerance: float,
+            tie: float = 0.0) -> dict:
+    """Max probability difference and top-1 agreement of ``got`` against ``want``; ``ok``
+    when the difference is within ``tolerance`` and top-1 agrees on every image whose top
+    two (in ``want``) are more than ``tie`` apart."""
+    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    if got.shape != want.shape:
+        return {"ok": False, "problem": f"output shape {got.shape}, expected {want.shape}"}
+    diff = float(np.abs(got - want).max()) if np.isfinite(got).all() else float("inf")
+    top2 = np.sort(want, axis=-1)[:, -2:]
+    disagree = want.argmax(-1) != got.argmax(-1)
+    flipped = int((disagree & (top2[:, 1] - top2[:, 0] > tie)).sum())
+    report = {"images": len(want), "max_abs_diff": diff, "tolerance": tolerance,
+              "top1_agree": int((~disagree).sum())}
+    problems = []
+    if diff > tolerance:
+        problems.append(f"max probability difference {diff:.3g} > {tolerance:g}")
+    if flipped:
+        problems.append(f"top-1 differs on {flipped} image(s) whose top two are more than "
+                        f"{tie:g} apart")
+    report["ok"] = not problems
+    if problems:
+        report["problem"] = "; ".join(problems)
+    return report
+
+
+def verify_file(path: str, model: keras.Model, fmt: str, quantization: Optional[str] = None,
+                images: Optional[np.ndarray] = None) -> dict:
+    """Runs ``path`` with its own runtime and ``model`` in Keras on ``images`` (default:
+    :func:`verification_images`) and compares them (:func:`compare`, per-format
+    :data:`TOLERANCES`; a mixed-precision ``model`` is compared in float32, as the file
+    computes): a report with ``ok``, ``max_abs_diff``, ``top1_agree`` of
+    ``images``, and ``problem`` when not ok."""
+    check_options(fmt, quantization)
+    if images is None:
+        images = verification_images(keras_vit.model_image_size(model))
+    if any(layer.compute_dtype != "float32" for layer in model.layers):
+        # A mixed-precision model: the file computes in float32 (probability_model), so
+        # the reference is the float32 copy of the same weights.
+        model = keras_vit.inference_model(model, "float32", fold=False)
+    logits = np.asarray(model(images, training=False), np.float64)
+    want = np.exp(logits - logits.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    got = runner(fmt, path)(images)
+    return compare(want, got, *TOLERANCES[(fmt, quantization)])
+
+
+def format_verification(path: str, report: dict) -> str:
+    if "max_abs_diff" not in report:
+        return f"{path}: FAILED: {report['problem']}"
+    line = (f"{path}: top-1 agrees on {report['top1_agree']}/{report['images']} images, "
+            f"max probability difference {report['max_abs_diff']:.2g} "
+            f"(tolerance {report['tolerance']:g})")
+    return line if report["ok"] else f"{line}: FAILED: {report['problem']}"
+
+
+def _publish(staged: str, path: str, overwrite: bool) -> None:
+    """Moves the staged file to ``path``; without ``overwrite`` a file already there (even
+    one created meanwhile) is kept: the link fails instead."""
+    os.chmod(staged, 0o644)
+    if overwrite:
+        os.replace(staged, path)
+        return
+    try:
+        os.link(staged, path)
+    except FileExistsError:
+        raise ExportError(f"{path} already exists; pass overwrite=True (--overwrite) or "
+                          "another path") from None
+    os.unlink(staged)
+
+
+def export_file(model: keras.Model, path: str, fmt: str, quantization: Optional[str] = None,
+                overwrite: bool = False, verify: bool = True,
+                images: Optional[np.ndarray] = None) -> dict:
+    """Writes ``model`` as a ``fmt`` file at ``path`` and returns the verification report
+    (``{}`` when ``verify=False``). A file that fails verification is not written."""
+    check_options(fmt, quantization)
+    if not path.endswith(SUFFIXES[fmt]):
+        raise ValueError(f"{fmt} file name must end with {SUFFIXES[fmt]}: {path}")
+    if os.path.lexists(path) and not overwrite:
+        raise ExportError(f"{path} already exists; pass overwrite=True (--overwrite) or "
+                          "another path")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    wrapper = probability_model(model)
+    fd, staged = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIXES[fmt], dir=directory)
+    os.close(fd)
+    try:
+        try:
+            _convert(wrapper, fmt, quantization, staged)
+        except Exception as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ExportError(f"{fmt} conversion of {model.name!r} failed, nothing was "
+                              f"written: {type(error).__name__}: {first}") from error
+        report = verify_file(staged, model, fmt, quantization, images) if verify else {}
+        if report and not report["ok"]:
+            raise ExportError(f"{format_verification(path, report)}; nothing was written")
+        _publish(staged, path, overwrite)
+    finally:
+        if os.path.exists(staged):
+            os.unlink(staged)
+    return report
+
+
+def export_litert(model: keras.Model, path: str, quantization: Optional[str] = None,
+                  overwrite: bool = False, verify: bool = True) -> dict:
+    """Writes a LiteRT file (``.tflite``): float pixels [0, 255] in, probabilities out.
+
+    ``quantization``: None (float32), ``"float16"`` (weights stored as float16, half the
+    size) or ``"dynamic_int8"`` (dynamic-range: int8 weights, activations quantised on the
+    fly; a quarter of the size). The file is checked with the LiteRT interpreter against
+    the Keras model on real images before it is renamed into place (``verify``); returns
+    that report.
+    """
+    return export_file(model, path, "litert", quantization, overwrite, verify)
+
+
+def export_onnx(model: keras.Model, path: str, overwrite: bool = False,
+                verify: bool = True) -> dict:
+    """Writes an ONNX file (``.onnx``, input ``images``, output ``probabilities``) with
+    tf2onnx, checked with ONNX Runtime against the Keras model (see :func:`export_litert`)."""
+    return export_file(model, path, "onnx", None, overwrite, verify)
