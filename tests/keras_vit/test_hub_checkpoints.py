@@ -333,6 +333,22 @@ def _no_build(monkeypatch):
     monkeypatch.setattr(keras_vit, "ViT", build)
 
 
+def test_timm_pre_logits_load_into_a_model_with_representation_size(tmp_path):
+    # Old timm: pre_logits = nn.Sequential(OrderedDict([('fc', nn.Linear(D, R)), ('act', Tanh)])).
+    tensors = _timm_tensors()
+    rng = np.random.default_rng(0)
+    tensors["pre_logits.fc.weight"] = rng.normal(size=(24, 32)).astype(np.float32)
+    tensors["pre_logits.fc.bias"] = rng.normal(size=(24,)).astype(np.float32)
+    tensors["head.weight"] = rng.normal(size=(5, 24)).astype(np.float32)
+    path = _save_timm(tmp_path, tensors)
+    model = _model("timm_vit_token", weights=path, representation_size=24)
+    np.testing.assert_array_equal(model.get_layer("pre_logits").kernel.numpy(),
+                                  tensors["pre_logits.fc.weight"].T)
+    built = keras_vit.from_timm(path, num_heads=2)
+    assert built.get_layer("pre_logits").units == 24
+    np.testing.assert_allclose(built(IMAGES).numpy(), model(IMAGES).numpy(), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("case,key", [("timm_vit_token", "pre_logits.fc.weight"),
                                       ("transformers_vit", "pooler.dense.weight")])
 def test_checkpoint_without_pre_logits_into_a_model_with_them_is_refused(case, key):
@@ -438,6 +454,20 @@ def _transformers_directory(tmp_path, **config_update):
 
 
 @pytest.mark.parametrize("field,value", [
+    ("hidden_size", 10**9), ("hidden_size", 2048), ("intermediate_size", 8192),
+    ("num_hidden_layers", 10**6), ("num_hidden_layers", 1), ("num_channels", 4),
+    ("patch_size", 4), ("image_size", 64)])
+def test_from_transformers_checks_the_config_against_the_tensor_shapes_first(
+        tmp_path, monkeypatch, field, value):
+    # A 100 KB file with a config saying hidden_size=2048 reached 1 GB before the error.
+    directory = _transformers_directory(tmp_path, **{field: value})
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match=f"config.json: {field} {value} ") as info:
+        keras_vit.from_transformers(directory)
+    assert "\n" not in str(info.value) and "model.safetensors" in str(info.value)
+
+
+@pytest.mark.parametrize("field,value", [
     ("hidden_size", "abc"), ("hidden_size", None), ("hidden_size", 32.7), ("hidden_size", True),
     ("num_attention_heads", 0), ("intermediate_size", -64), ("num_channels", "three"),
     ("num_hidden_layers", [2]), ("layer_norm_eps", -1.0), ("layer_norm_eps", "x"),
@@ -454,3 +484,49 @@ def test_config_fields_of_the_wrong_type_are_refused_naming_the_file(
     assert message.startswith(os.path.join(directory, "config.json") + f": {field} ")
     assert "\n" not in message
 
+
+def _deep(tensors):
+    tensors["blocks.40.junk"] = np.zeros(1, np.float32)
+
+
+def _gap(tensors):
+    for key in [k for k in tensors if k.startswith("blocks.1.")]:
+        tensors[key.replace("blocks.1.", "blocks.2.")] = tensors.pop(key)
+
+
+def _stage(tensors):
+    tensors["patch_embed.backbone.stages.6.blocks.0.x"] = np.zeros(1, np.float16)
+
+
+@pytest.mark.parametrize("fixture,edit,error", [
+    ("timm_vit_token", _deep, r"'blocks.40.junk' .*2 blocks"),
+    ("timm_vit_token", _gap, r"blocks 0, 2 .*not 0\.\.1"),
+    ("timm_hybrid", _stage, r"'patch_embed.backbone.stages.6.blocks.0.x' .*1 stage"),
+])
+def test_from_timm_counts_only_complete_blocks_and_refuses_stray_indices(
+        tmp_path, monkeypatch, fixture, edit, error):
+    tensors = load_file(_path(f"{fixture}.safetensors"))
+    edit(tensors)
+    path = _save_timm(tmp_path, tensors)
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match=error) as info:
+        keras_vit.from_timm(path, num_heads=2)
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key,shape,error", [
+    ("patch_embed.proj.weight", (32, 192), r"'patch_embed.proj.weight' has shape \(32, 192\)"),
+    ("pos_embed", (17,), r"'pos_embed' has shape \(17,\)"),
+    ("patch_embed.proj.weight", (32, 3, 0, 0), r"patch size \(0, 0\)"),
+    ("patch_embed.proj.weight", (32, 3, 8, 4), r"patch size \(8, 4\)"),
+    ("blocks.0.mlp.fc1.weight", (64,), r"'blocks.0.mlp.fc1.weight' has shape \(64,\)"),
+    ("head.weight", (5, 32, 1), r"'head.weight' has shape \(5, 32, 1\)"),
+])
+def test_from_timm_refuses_tensors_of_the_wrong_rank(tmp_path, monkeypatch, key, shape, error):
+    tensors = _timm_tensors()
+    tensors[key] = np.zeros(shape, np.float32)
+    path = _save_timm(tmp_path, tensors)
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match=error) as info:
+        keras_vit.from_timm(path, num_heads=2)
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
