@@ -11,9 +11,9 @@ from typing import Optional, Tuple
 import keras
 
 from keras_vit.checkpoints import (CheckpointError, read_npz_index, read_safetensors_index,
-                                   transformers_weights_file)
+                                   transformers_prefix, transformers_weights_file)
 from keras_vit.position_embeddings import to_pair
-from keras_vit.sources import read_transformers_config, source_numerics
+from keras_vit.sources import check_pooler_act, read_transformers_config, source_numerics
 
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
 _UNIT = re.compile(r"^block(\d+)/unit(\d+)/")
@@ -105,8 +105,49 @@ def model_from_checkpoint(path: str, variant: Optional[str] = None,
 
 # timm's ViT widths and their head counts (timm's configs; ViT-H/14 has 80-wide heads).
 _TIMM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+# Blocks and units are counted from one key each has (a stray key such as "blocks.40.junk"
+# must not make a 41-block model); any other key with an index must fall inside the count.
 _TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-_TIMM_UNIT = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
+_TIMM_FULL_BLOCK = re.compile(r"^blocks\.(\d+)\.attn\.qkv\.weight$")
+_TIMM_STAGE = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.(?:blocks\.(\d+)\.)?")
+_TIMM_FULL_UNIT = re.compile(
+    r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.conv1\.weight$")
+
+
+def _tensor_shape(index, key, path, rank, missing):
+    """The header shape of ``key``, which must exist and have ``rank`` dimensions."""
+    if key not in index:
+        raise CheckpointError(f"{path} has no {key!r}: {missing}")
+    shape = tuple(int(d) for d in index[key].shape)
+    if len(shape) != rank:
+        raise CheckpointError(f"{path}: {key!r} has shape {shape}, expected {rank} dimensions")
+    return shape
+
+
+def _square_patch(shape, key, path) -> int:
+    """The patch size of a PyTorch OIHW patch-embedding weight."""
+    if shape[2] != shape[3] or shape[2] < 1:
+        raise CheckpointError(f"{path}: {key!r} of shape {shape} gives patch size {shape[2:]}; "
+                              "expected a square patch of at least 1 pixel")
+    return shape[2]
+
+
+def _count(numbers, path, what, counted_by) -> int:
+    """How many ``what`` there are, given the indices found: they must be 0..n-1."""
+    numbers = sorted(set(numbers))
+    if numbers != list(range(len(numbers))):
+        raise CheckpointError(f"{path}: the complete {what} are {what} "
+                              f"{', '.join(map(str, numbers))} (counted by {counted_by}), not "
+                              f"0..{len(numbers) - 1}")
+    return len(numbers)
+
+
+def _refuse_outside(index, pattern, count, path, what):
+    """Raises for a key whose index (``pattern``'s group 1) is not below ``count``."""
+    for key in sorted(index):
+        match = pattern.match(key)
+        if match and int(match.group(1)) >= count:
+            raise CheckpointError(f"{path}: key {key!r} is outside the file's {count} {what}")
 
 
 def _square_image_size(tokens, prefix, stride, path, what):
@@ -142,17 +183,16 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
     """
     index = read_safetensors_index(path)
 
-    def shape(key):
-        if key not in index:
-            raise CheckpointError(f"{path} has no {key!r}: not a timm VisionTransformer "
-                                  "checkpoint")
-        return index[key].shape
+    def shape(key, rank):
+        return _tensor_shape(index, key, path, rank, "not a timm VisionTransformer checkpoint")
 
     if any(key.startswith("fc_norm.") for key in index):
         raise CheckpointError(f"{path}: timm's fc_norm (LayerNorm after average pooling) is "
                               "not supported; keras_vit normalises before pooling (timm's "
                               "fc_norm=False)")
-    hidden, channels, patch, _ = shape("patch_embed.proj.weight")
+    proj = shape("patch_embed.proj.weight", 4)
+    hidden, channels, patch = proj[0], proj[1], _square_patch(proj, "patch_embed.proj.weight",
+                                                              path)
     if num_heads is None:
         if hidden not in _TIMM_HEADS:
             raise CheckpointError(f"{path}: width {hidden} is not one of timm's named ViTs "
@@ -160,27 +200,43 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
                                   "num_heads")
         num_heads = _TIMM_HEADS[hidden]
     has_cls = "cls_token" in index
+    depth = _count([int(m.group(1)) for m in map(_TIMM_FULL_BLOCK.match, index) if m], path,
+                   "blocks", "'blocks.{i}.attn.qkv.weight'")
+    _refuse_outside(index, _TIMM_BLOCK, depth, path,
+                    "blocks (complete blocks have 'blocks.{i}.attn.qkv.weight')")
     args = dict(patch_size=int(patch), hidden_size=int(hidden),
-                mlp_size=int(shape("blocks.0.mlp.fc1.weight")[0]), num_heads=int(num_heads),
-                num_layers=1 + max(int(m.group(1)) for m in map(_TIMM_BLOCK.match, index) if m),
-                classifier=classifier or ("token" if has_cls else "gap"))
+                mlp_size=int(shape("blocks.0.mlp.fc1.weight", 2)[0]), num_heads=int(num_heads),
+                num_layers=depth, classifier=classifier or ("token" if has_cls else "gap"))
     if "head.weight" in index:
-        args["num_classes"] = int(index["head.weight"].shape[0])
+        args["num_classes"] = int(shape("head.weight", 2)[0])
     else:
         args["include_top"] = False
+    if "pre_logits.fc.weight" in index:  # timm < 0.9's representation layer
+        args["representation_size"] = int(shape("pre_logits.fc.weight", 2)[0])
     units = {}
-    for match in filter(None, map(_TIMM_UNIT.match, index)):
-        stage, unit = int(match.group(1)), int(match.group(2))
-        units[stage] = max(units.get(stage, 0), unit + 1)
+    for match in filter(None, map(_TIMM_FULL_UNIT.match, index)):
+        units.setdefault(int(match.group(1)), []).append(int(match.group(2)))
+    stages = _count(units, path, "stages", "'patch_embed.backbone.stages.{s}.blocks.0"
+                                           ".conv1.weight'")
+    counts = tuple(_count(units[s], path, f"units of stage {s}",
+                          f"'patch_embed.backbone.stages.{s}.blocks.{{u}}.conv1.weight'")
+                   for s in range(stages))
+    for key in sorted(index):
+        match = _TIMM_STAGE.match(key)
+        if match and (int(match.group(1)) >= stages or match.group(2) is not None
+                      and int(match.group(2)) >= counts[int(match.group(1))]):
+            raise CheckpointError(f"{path}: key {key!r} is outside the file's {stages} stage(s) "
+                                  f"of {counts} units (complete units have "
+                                  "'patch_embed.backbone.stages.{s}.blocks.{u}.conv1.weight')")
     stride = int(patch)
     if units:
-        args["resnet_stages"] = tuple(units[s] for s in sorted(units))
-        args["resnet_width"] = shape("patch_embed.backbone.stem.conv.weight")[0] // 64
+        args["resnet_stages"] = counts
+        args["resnet_width"] = shape("patch_embed.backbone.stem.conv.weight", 4)[0] // 64
         stride *= 4 * 2 ** (len(units) - 1)
     else:
         args["channels"] = int(channels)
     if image_size is None:
-        image_size = _square_image_size(shape("pos_embed")[1], int(has_cls), stride, path,
+        image_size = _square_image_size(shape("pos_embed", 3)[1], int(has_cls), stride, path,
                                         "position embeddings")
     args["image_size"] = image_size
     return args
@@ -224,29 +280,24 @@ def transformers_architecture(directory: str, image_size=None) -> Tuple[dict, li
         ``(arguments, class_names)``: keyword arguments for :func:`keras_vit.ViT` (without
         ``weights``) and the class names in class-index order (empty without a classifier).
     """
-    config = read_transformers_config(directory)
-    index = read_safetensors_index(transformers_weights_file(directory))
+    config = read_transformers_config(directory)  # types and ranges checked
+    weights = transformers_weights_file(directory)
+    index = read_safetensors_index(weights)
     cfg_path = os.path.join(os.fspath(directory), "config.json")
-
-    def square(key):
-        value = config.get(key, 224 if key == "image_size" else 16)
-        value = to_pair(value, key) if isinstance(value, (int, list, tuple)) else None
-        if value is None:
-            raise CheckpointError(f"{cfg_path}: {key} {config.get(key)!r} is not an int or a "
-                                  "pair")
-        return value
-
-    patch = square("patch_size")
+    patch = to_pair(config.get("patch_size", 16), "patch_size")
     if patch[0] != patch[1]:
         raise CheckpointError(f"{cfg_path}: patch_size {patch} is not square")
     numerics = source_numerics(directory)
-    args = dict(patch_size=patch[0], hidden_size=int(config.get("hidden_size", 768)),
-                mlp_size=int(config.get("intermediate_size", 3072)),
-                num_heads=int(config.get("num_attention_heads", 12)),
-                num_layers=int(config.get("num_hidden_layers", 12)),
-                channels=int(config.get("num_channels", 3)), classifier="token",
-                image_size=square("image_size") if image_size is None else image_size,
+    args = dict(patch_size=patch[0], hidden_size=config.get("hidden_size", 768),
+                mlp_size=config.get("intermediate_size", 3072),
+                num_heads=config.get("num_attention_heads", 12),
+                num_layers=config.get("num_hidden_layers", 12),
+                channels=config.get("num_channels", 3), classifier="token",
+                image_size=to_pair(config.get("image_size", 224), "image_size"),
                 gelu=numerics["gelu"], layer_norm_epsilon=numerics["layer_norm_epsilon"])
+    _check_config_against_tensors(args, index, cfg_path, weights)
+    if image_size is not None:
+        args["image_size"] = image_size
     names = []
     if "classifier.weight" in index:
         labels = config.get("id2label") or {}
@@ -261,8 +312,56 @@ def transformers_architecture(directory: str, image_size=None) -> Tuple[dict, li
     else:
         args["include_top"] = False
         if "pooler.dense.weight" in index:
-            args["representation_size"] = int(index["pooler.dense.weight"].shape[0])
+            check_pooler_act(config, directory, index)
+            args["representation_size"] = int(
+                _tensor_shape(index, "pooler.dense.weight", weights, 2, "")[0])
     return args, names
+
+
+def _check_config_against_tensors(args, index, cfg_path, weights) -> None:
+    """The config's sizes against the tensor shapes (header only), before any model is
+    built: a small file with a config claiming hidden_size=2048 must not allocate a
+    2048-wide model (or a 10**9-wide one) before the mismatch is found."""
+    prefix = transformers_prefix(index)
+
+    def shape(key, rank):
+        return _tensor_shape(index, prefix + key, weights, rank,
+                             "not a transformers ViT checkpoint")
+
+    proj_key = "embeddings.patch_embeddings.projection.weight"
+    mlp_key = "encoder.layer.0.intermediate.dense.weight"
+    proj, mlp = shape(proj_key, 4), shape(mlp_key, 2)
+    query = re.compile(rf"^{re.escape(prefix)}encoder\.layer\.(\d+)\.attention\.attention"
+                       r"\.query\.weight$")
+    counted_by = f"'{prefix}encoder.layer.{{i}}.attention.attention.query.weight'"
+    layers = _count([int(m.group(1)) for m in map(query.match, index) if m], weights,
+                    "layers", counted_by)
+    tokens = shape("embeddings.position_embeddings", 3)[1]
+    grid = [size // args["patch_size"] for size in args["image_size"]]
+    checks = [  # (field, config value, what the file has, agrees)
+        ("hidden_size", args["hidden_size"], f"{prefix + proj_key!r} has shape {proj}",
+         proj[0] == args["hidden_size"]),
+        ("num_channels", args["channels"], f"{prefix + proj_key!r} has shape {proj}",
+         proj[1] == args["channels"]),
+        ("patch_size", args["patch_size"], f"{prefix + proj_key!r} has shape {proj}",
+         proj[2:] == (args["patch_size"],) * 2),
+        ("intermediate_size", args["mlp_size"], f"{prefix + mlp_key!r} has shape {mlp}",
+         mlp[0] == args["mlp_size"]),
+        ("num_hidden_layers", args["num_layers"], f"{layers} layers (counted by {counted_by})",
+         layers == args["num_layers"]),
+        ("image_size", args["image_size"][0] if args["image_size"][0] == args["image_size"][1]
+         else args["image_size"], f"{prefix}embeddings.position_embeddings has {tokens} tokens "
+         f"(1 + the patch grid)", grid[0] * grid[1] + 1 == tokens),
+    ]
+    for field, value, found, agrees in checks:
+        if not agrees:
+            raise CheckpointError(f"{cfg_path}: {field} {value} does not match {weights}: "
+                                  f"{found}")
+    _refuse_outside(index, re.compile(rf"^{re.escape(prefix)}encoder\.layer\.(\d+)\."),
+                    layers, weights, f"layers (counted by {counted_by})")
+    if args["hidden_size"] % args["num_heads"]:
+        raise CheckpointError(f"{cfg_path}: num_attention_heads {args['num_heads']} does not "
+                              f"divide hidden_size {args['hidden_size']}")
 
 
 def from_transformers(directory: str, image_size=None, **kwargs) -> keras.Model:

@@ -225,6 +225,9 @@ def timm_entries(model: keras.Model) -> List[Entry]:
                 _same(f"{p}.mlp.fc2.bias", layer.mlp2_bias)]
         elif name == "encoder_norm":
             entries += _torch_norm("norm", layer)
+        elif name == "pre_logits":  # timm < 0.9: Sequential(fc=Linear(D, R), act=Tanh)
+            entries += [_linear("pre_logits.fc.weight", layer.kernel),
+                        _same("pre_logits.fc.bias", layer.bias)]
         elif name == "head":
             entries += [_linear("head.weight", layer.kernel, "head"),
                         _same("head.bias", layer.bias, "head")]
@@ -312,17 +315,21 @@ class KeyMap:
 
 
 ORIGINAL = KeyMap("original .npz", checkpoint_entries, "cls", "head/", "pre_logits/")
-TIMM = KeyMap("timm", timm_entries, "cls_token", "head.", hints={
+TIMM = KeyMap("timm", timm_entries, "cls_token", "head.", "pre_logits.", hints={
     "fc_norm.": "timm's fc_norm (LayerNorm after average pooling); keras_vit normalises "
                 "before pooling, as the original: timm models with fc_norm=False load",
     "reg_token": "register tokens are not part of keras_vit's ViT",
     "norm_pre.": "a LayerNorm before the blocks (CLIP-style) is not part of keras_vit's ViT"})
 
 
+def transformers_prefix(index) -> str:
+    """``"vit."`` for ``ViTForImageClassification`` keys, ``""`` for a bare ``ViTModel``'s."""
+    return "vit." if any(key.startswith("vit.") for key in index) else ""
+
+
 def transformers_key_map(index) -> KeyMap:
-    """The transformers layout of a checkpoint: ``ViTForImageClassification`` keys start with
-    ``vit.``, a bare ``ViTModel``'s do not."""
-    prefix = "vit." if any(key.startswith("vit.") for key in index) else ""
+    """The transformers layout of a checkpoint (:func:`transformers_prefix`)."""
+    prefix = transformers_prefix(index)
     return KeyMap("transformers", lambda model: transformers_entries(model, prefix),
                   f"{prefix}embeddings.cls_token", "classifier.", "pooler.")
 
@@ -449,20 +456,14 @@ def read_safetensors_arrays(path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
 
 
 def _check_dtypes(index: Dict[str, ArrayInfo], path: str) -> None:
-    """Only real numbers can be weights (strings, complex, bool or void arrays cannot)."""
+    """Weights are floating-point arrays: strings, complex, bool, void and integer arrays
+    (an integer tensor where a float weight belongs is a broken or foreign file) are not."""
     bad = [f"{key!r} ({info.dtype})" for key, info in sorted(index.items())
-           if info.dtype.kind not in "fiu"]
+           if info.dtype.kind != "f"]
     if bad:
-        raise CheckpointError(f"{path}: {len(bad)} array(s) do not hold real numbers; no weight "
-                              f"was changed: {', '.join(bad)}")
-
-
-def _check_finite(arrays: Dict[str, np.ndarray], path: str) -> None:
-    bad = sorted(key for key, array in arrays.items()
-                 if array.dtype.kind == "f" and not np.isfinite(array).all())
-    if bad:
-        raise CheckpointError(f"{path}: {len(bad)} array(s) hold NaN or infinite values; no "
-                              f"weight was changed: {', '.join(map(repr, bad))}")
+        raise CheckpointError(f"{path}: {len(bad)} array(s) are not floating-point (weights "
+                              f"are float16, float32 or float64); no weight was changed: "
+                              f"{', '.join(bad)}")
 
 
 # ---- Matching a checkpoint to a model. ----
@@ -487,7 +488,7 @@ class _Plan:
     problems: List[str] = dataclasses.field(default_factory=list)
     report: Dict[str, list] = dataclasses.field(default_factory=lambda: {
         "loaded": [], "dropped": [], "reinitialized": [], "resized": []})
-    reinitialized_because: str = ""
+    head_reset_because: str = ""  # why the model's head is set to zeros
     head_dropped: bool = False
     head_keys: List[str] = dataclasses.field(default_factory=list)
 
@@ -513,14 +514,26 @@ def _plan(model: keras.Model, index: Dict[str, ArrayInfo], key_map: KeyMap = ORI
     has_cls = key_map.cls in index
     # Pre-logits the model does not have: the checkpoint's head was trained on top of them,
     # so it cannot be kept on the raw encoder output (the original re-initialises it too).
-    pre_logits_dropped = (bool(key_map.pre_logits) and "pre_logits" not in layer_names
-                          and any(k.startswith(key_map.pre_logits) for k in index))
+    has_pre_logits = bool(key_map.pre_logits) and any(k.startswith(key_map.pre_logits)
+                                                      for k in index)
+    pre_logits_dropped = has_pre_logits and "pre_logits" not in layer_names
+    # A checkpoint without any head key is a feature extractor's (timm num_classes=0, e.g.
+    # the *.orig_in21k weights; transformers' ViTModel): the model's head starts from zeros.
+    headless = not any(k.startswith(key_map.head) for k in index)
     used = set()
     for entry in key_map.entries(model):
+        if entry.kind == "head" and headless:
+            plan.head_reset_because = "the checkpoint has no head (a feature extractor's)"
+            plan.report["reinitialized"].append(entry.keys[0])
+            plan.reset.append(entry)
+            continue
         missing = [k for k in entry.keys if k not in index]
+        why = (": the checkpoint has no pre-logits layer; build the model without "
+               "representation_size" if key_map.pre_logits and not has_pre_logits
+               and entry.keys[0].startswith(key_map.pre_logits) else "")
         for key in missing:
             plan.problems.append(f"missing key {key!r} (model expects a value for "
-                                 f"{entry.variable.path}, shape {_shape(entry.variable)})")
+                                 f"{entry.variable.path}, shape {_shape(entry.variable)}){why}")
         if missing:
             continue
         used.update(entry.keys)
@@ -528,7 +541,7 @@ def _plan(model: keras.Model, index: Dict[str, ArrayInfo], key_map: KeyMap = ORI
         if entry.kind == "head":
             fits = all(_fits(f, e) for f, e in zip(found, entry.shapes))
             if pre_logits_dropped or not fits:
-                plan.reinitialized_because = (
+                plan.head_reset_because = "the checkpoint's head is not kept because " + (
                     "it was trained on pre-logits features this model does not have (pass "
                     "representation_size to keep them)" if pre_logits_dropped else
                     f"it does not fit {model.get_layer('head').units} classes")
@@ -577,17 +590,27 @@ def _fit_position_embeddings(value, encoder, has_cls, report, key=POS_EMBEDDING_
     return value
 
 
-def _values(plan: _Plan, arrays, encoder, has_cls):
-    """(variable, float32 value) for every entry to load; nothing is assigned here."""
-    updates = []
+def _values(plan: _Plan, arrays, encoder, has_cls, path):
+    """(variable, value in the variable's dtype) for every entry to load; nothing is
+    assigned here. Every array is checked finite *after* the cast to the variable's dtype
+    (a finite float64 1e300 is infinite as float32)."""
+    updates, bad = [], []
     for entry in plan.load:
-        value = entry.combine([arrays[k] for k in entry.keys])
+        dtype = np.dtype(keras.backend.standardize_dtype(entry.variable.dtype))
+        with np.errstate(over="ignore"):
+            cast = [np.asarray(arrays[k], dtype) for k in entry.keys]
+        bad += [k for k, a in zip(entry.keys, cast) if not np.isfinite(a).all()]
+        value = entry.combine(cast)
         if entry.kind == "posemb":
             value = _fit_position_embeddings(value, encoder, has_cls, plan.report,
                                              entry.keys[0])
         updates.append((entry.variable,
-                        np.asarray(value, np.float32).reshape(_shape(entry.variable))))
+                        np.asarray(value, dtype).reshape(_shape(entry.variable))))
         plan.report["loaded"].extend(entry.keys)
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} array(s) hold NaN or infinite values (as "
+                              f"the model's floats); no weight was changed: "
+                              f"{', '.join(map(repr, sorted(bad)))}")
     return updates
 
 
@@ -601,8 +624,8 @@ def _log(plan: _Plan, model: keras.Model) -> None:
         logger.warning("keras_vit: not loaded (no place in this model, as when fine-tuning): "
                        "%s", ", ".join(others))
     if report["reinitialized"]:
-        logger.warning("keras_vit: the checkpoint's head is not kept because %s; the head is "
-                       "zero-initialised for fine-tuning", plan.reinitialized_because)
+        logger.warning("keras_vit: %s; the head is zero-initialised for fine-tuning",
+                       plan.head_reset_because)
     if report["resized"]:
         logger.warning("keras_vit: position embeddings resized: %s", "; ".join(report["resized"]))
 
@@ -614,15 +637,17 @@ def load_pretrained(model: keras.Model, path, *, verbose: bool = True) -> Dict[s
     representation layer, and then the checkpoint's head (trained on the pre-logits
     features) is not kept either. A head of another shape (class count) is not loaded. In
     both cases the model's head is set to zeros (a fresh zero-initialised D x K layer, paper
-    section 3.1). A model without a head (``include_top=False``) ignores the checkpoint's
-    head. Position embeddings are resized to the model's grid with aligned-corners bilinear
+    section 3.1); so is it when the checkpoint has no head key at all (a feature extractor's,
+    e.g. timm's ``num_classes=0`` or transformers' ``ViTModel``). A model without a head
+    (``include_top=False``) ignores the checkpoint's head. Position embeddings are resized to the model's grid with aligned-corners bilinear
     interpolation (section 3.2). GroupNorm parameters stored as (1, 1, 1, C) are squeezed.
     Each of these is logged (logger ``"keras_vit"``).
 
     Names and shapes are checked from the archive's headers first; only the arrays that load
     are read. Anything else that does not fit raises :class:`CheckpointMismatchError`
-    listing every offending key; arrays that are not real numbers, or hold NaN or infinite
-    values, raise :class:`CheckpointError` naming them. On any error no weight of the model
+    listing every offending key; arrays that are not floating-point, or hold NaN or
+    infinite values once cast to the model's dtype, raise :class:`CheckpointError` naming
+    them. On any error no weight of the model
     has been changed.
 
     Args:
@@ -640,11 +665,39 @@ def load_pretrained(model: keras.Model, path, *, verbose: bool = True) -> Dict[s
                  verbose)
 
 
+def _model_numerics(model: keras.Model) -> Dict[str, set]:
+    """The values of each :data:`keras_vit.sources.NUMERICS` option in the model's layers
+    (the ResNet options only in hybrids)."""
+    found: Dict[str, set] = {option: set() for option in (
+        "gelu", "layer_norm_epsilon", "group_norm_epsilon", "std_conv_epsilon",
+        "std_conv_epsilon_in_sqrt")}
+    for layer in model.layers:
+        if isinstance(layer, TransformerBlock):
+            found["gelu"].add(layer.gelu)
+            found["layer_norm_epsilon"].add(layer.layer_norm_epsilon)
+        elif isinstance(layer, ResNetUnit):
+            convs = [layer.conv1, layer.conv2, layer.conv3]
+            gns = [layer.gn1, layer.gn2, layer.gn3]
+            if layer.use_projection:
+                convs.append(layer.conv_proj)
+                gns.append(layer.gn_proj)
+            found["std_conv_epsilon"].update(conv.epsilon for conv in convs)
+            found["std_conv_epsilon_in_sqrt"].update(conv.epsilon_in_sqrt for conv in convs)
+            found["group_norm_epsilon"].update(gn.epsilon for gn in gns)
+        elif isinstance(layer, StdConv2D):  # conv_root
+            found["std_conv_epsilon"].add(layer.epsilon)
+            found["std_conv_epsilon_in_sqrt"].add(layer.epsilon_in_sqrt)
+        elif isinstance(layer, keras.layers.GroupNormalization):  # gn_root
+            found["group_norm_epsilon"].add(layer.epsilon)
+    return found
+
+
 def _warn_other_numerics(model: keras.Model, numerics: dict, source: str) -> None:
-    """Logs where the model's blocks compute otherwise than the checkpoint's source."""
-    blocks = [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
-    for option in ("gelu", "layer_norm_epsilon"):
-        found = sorted({getattr(block, option) for block in blocks} - {numerics[option]})
+    """Logs where the model's layers compute otherwise than the checkpoint's source: GELU
+    and LayerNorm epsilon of the blocks; GroupNorm and weight-standardisation epsilons of a
+    hybrid's ResNet."""
+    for option, values in _model_numerics(model).items():
+        found = sorted(values - {numerics[option]})
         if found:
             logger.warning("keras_vit: %s computes with %s=%r, this model has %s=%r: its "
                            "outputs will differ from %s's (build it with weights=, or pass "
@@ -662,8 +715,8 @@ def _load(model, path, index, read_arrays, key_map: KeyMap, verbose: bool) -> Di
             f"{key_map.source} checkpoint {path} does not fit model {model.name!r} "
             f"({len(plan.problems)} problem(s)):\n  " + "\n  ".join(plan.problems))
     arrays = read_arrays([k for entry in plan.load for k in entry.keys])
-    _check_finite(arrays, path)
-    updates = _values(plan, arrays, model.get_layer("posembed_input"), key_map.cls in index)
+    updates = _values(plan, arrays, model.get_layer("posembed_input"), key_map.cls in index,
+                      path)
     updates += [(entry.variable, np.zeros(_shape(entry.variable), np.float32))
                 for entry in plan.reset]
     for variable, value in updates:
@@ -678,11 +731,13 @@ def load_timm(model: keras.Model, path, *, verbose: bool = True) -> Dict[str, li
 
     The same checks, guarantees and transfer rules as :func:`load_pretrained` (all keys,
     shapes, dtypes and values checked before any weight changes; the head dropped for
-    ``include_top=False``, re-initialised for another class count; position embeddings
-    resized), with timm's key map (:func:`timm_entries`). For the model to compute what
+    ``include_top=False``, re-initialised for another class count or a checkpoint without
+    head; position embeddings resized), with timm's key map (:func:`timm_entries`; old
+    timm's ``pre_logits.fc`` fills a model built with ``representation_size``). For the model to compute what
     timm computes, build it with timm's numerics (``keras_vit.ViT(weights=path)`` and the
-    named builders do; see :mod:`keras_vit.sources`); a model whose GELU or LayerNorm
-    epsilon differs is loaded all the same, with a warning.
+    named builders do; see :mod:`keras_vit.sources`); a model whose GELU, LayerNorm epsilon
+    or (hybrids) GroupNorm / weight-standardisation epsilon differs is loaded all the same,
+    with a warning.
 
     Args:
         model: a keras_vit model.
@@ -738,9 +793,12 @@ def load_transformers(model: keras.Model, directory, *, verbose: bool = True) ->
         The report of :func:`load_pretrained`, with transformers' keys.
     """
     from keras_vit.sources import read_transformers_config
-    read_transformers_config(directory)
+    from keras_vit.sources import check_pooler_act
+    config = read_transformers_config(directory)
     path = transformers_weights_file(directory)
     index = read_safetensors_index(path)
+    if any(layer.name == "pre_logits" for layer in model.layers):
+        check_pooler_act(config, directory, index)
     report = _load(model, path, index, lambda keys: read_safetensors_arrays(path, keys),
                    transformers_key_map(index), verbose)
     _warn_other_numerics(model, source_numerics(directory), "transformers")

@@ -19,6 +19,7 @@ default epsilon 1e-5.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Optional
 
@@ -84,11 +85,61 @@ def read_transformers_config(directory) -> dict:
         found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{path}: model_type {found!r} is not a transformers ViT "
                               "(expected 'vit')")
-    act = config.get("hidden_act", "gelu")
-    if act not in _TRANSFORMERS_GELU:
-        raise CheckpointError(f"{path}: hidden_act {act!r} is not a GELU keras_vit computes "
-                              f"(known: {', '.join(sorted(_TRANSFORMERS_GELU))})")
+    _check_config_fields(config, path)
     return config
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _config_problem(field: str, value) -> Optional[str]:
+    """Why ``value`` cannot be the config's ``field``, or None."""
+    if field in ("image_size", "patch_size"):
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        if not (_positive_int(value) or pair and all(map(_positive_int, value))):
+            return "is not a positive integer or a pair of them"
+    elif field == "layer_norm_eps":
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value <= 0):
+            return "is not a positive finite number"
+    elif field == "hidden_act":
+        if not isinstance(value, str) or value not in _TRANSFORMERS_GELU:
+            return (f"is not a GELU keras_vit computes (known: "
+                    f"{', '.join(sorted(_TRANSFORMERS_GELU))})")
+    elif field == "pooler_act":
+        if not isinstance(value, str):
+            return "is not an activation name"
+    elif not _positive_int(value):
+        return "is not a positive integer"
+    return None
+
+
+_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads",
+                  "num_hidden_layers", "num_channels", "image_size", "patch_size",
+                  "layer_norm_eps", "hidden_act", "pooler_act")
+
+
+def _check_config_fields(config: dict, path: str) -> None:
+    """The fields keras_vit reads, where present: types and ranges (a config.json is data
+    from the hub, not code: ``"abc"``, null, 32.7 or a negative epsilon are refused)."""
+    from keras_vit.checkpoints import CheckpointError
+    for field in _CONFIG_FIELDS:
+        if field in config:
+            problem = _config_problem(field, config[field])
+            if problem:
+                raise CheckpointError(f"{path}: {field} {config[field]!r} {problem}")
+
+
+def check_pooler_act(config: dict, directory, index) -> None:
+    """A ``ViTModel``'s pooler (keras_vit's ``pre_logits``, tanh) with another activation
+    cannot be computed: refused when the checkpoint has a pooler."""
+    from keras_vit.checkpoints import CheckpointError
+    act = config.get("pooler_act", "tanh")
+    if act != "tanh" and any(key.startswith("pooler.") for key in index):
+        path = os.path.join(os.fspath(directory), "config.json")
+        raise CheckpointError(f"{path}: pooler_act {act!r} is not supported (keras_vit's "
+                              "pre-logits layer is tanh, as transformers' default)")
 
 
 def source_numerics(weights) -> dict:

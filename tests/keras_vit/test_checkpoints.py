@@ -198,6 +198,22 @@ def test_convert_checkpoint_writes_a_loadable_keras_file(tmp_path):
     assert os.path.getmtime(out) == before
 
 
+def test_checkpoint_without_head_gives_a_zero_head(tmp_path, caplog):
+    """No head key at all (a feature extractor's checkpoint): the model's head starts from
+    zeros (logged), as for another class count; the rest loads."""
+    params = reference_vit.make_checkpoint(np.random.default_rng(15))
+    del params["head/kernel"], params["head/bias"]
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        model = keras_vit.ViT(image_size=32, num_classes=7, weights=_save(tmp_path, params),
+                              **TINY)
+    assert "the checkpoint has no head" in caplog.text
+    np.testing.assert_array_equal(model.get_layer("head").kernel.numpy(), 0.0)
+    x = random_images(2)
+    features = keras.Model(model.input, model.get_layer("pool").output)(x).numpy()
+    want = reference_vit.forward(params, x, heads=4, features=True)
+    assert _rel_err(features, want) < 2e-5
+
+
 @pytest.mark.parametrize("representation", [None, 24])
 def test_headless_model_loads_a_checkpoint_with_head(tmp_path, caplog, representation):
     """include_top=False ignores the checkpoint's head (logged), as Keras Applications do."""
@@ -242,8 +258,10 @@ def _assert_unchanged(before, model):
 
 
 @pytest.mark.parametrize("bad,error", [
-    (np.full((32,), "x"), "do not hold real numbers"),                 # strings
-    (np.zeros((32,), np.complex64), "do not hold real numbers"),       # complex
+    (np.full((32,), "x"), "not floating-point"),                        # strings
+    (np.zeros((32,), np.complex64), "not floating-point"),              # complex
+    (np.arange(32, dtype=np.int32), "not floating-point"),              # integers
+    (np.full((32,), 1e300), "NaN or infinite"),                        # inf as float32
     (np.full((32,), np.nan, np.float32), "NaN or infinite"),
     (np.full((32,), np.inf, np.float32), "NaN or infinite"),
 ])

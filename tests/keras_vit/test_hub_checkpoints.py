@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import keras_vit
+from keras_vit.weights import load_weights
 from tests.conftest import REPO
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "hub")
@@ -306,3 +307,226 @@ def test_bfloat16_tensors_are_refused_naming_the_key(tmp_path):
     with pytest.raises(keras_vit.CheckpointError, match="'cls_token' is BF16, which numpy "
                                                         "cannot hold"):
         _model("timm_vit_token", weights=str(path))
+
+
+# ---- Review of the hub loaders (issue 15c). ----
+
+def _save_timm(tmp_path, tensors, name="ckpt.safetensors"):
+    path = str(tmp_path / name)
+    save_file(tensors, path)
+    return path
+
+
+def _weights(model):
+    return [v.numpy().copy() for v in model.weights]
+
+
+def _unchanged(before, model):
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def _no_build(monkeypatch):
+    """keras_vit.ViT raises if called: a check must refuse the file before any model."""
+    def build(**kwargs):
+        raise AssertionError(f"keras_vit.ViT called before the checks ({kwargs})")
+    monkeypatch.setattr(keras_vit, "ViT", build)
+
+
+def test_timm_pre_logits_load_into_a_model_with_representation_size(tmp_path):
+    # Old timm: pre_logits = nn.Sequential(OrderedDict([('fc', nn.Linear(D, R)), ('act', Tanh)])).
+    tensors = _timm_tensors()
+    rng = np.random.default_rng(0)
+    tensors["pre_logits.fc.weight"] = rng.normal(size=(24, 32)).astype(np.float32)
+    tensors["pre_logits.fc.bias"] = rng.normal(size=(24,)).astype(np.float32)
+    tensors["head.weight"] = rng.normal(size=(5, 24)).astype(np.float32)
+    path = _save_timm(tmp_path, tensors)
+    model = _model("timm_vit_token", weights=path, representation_size=24)
+    np.testing.assert_array_equal(model.get_layer("pre_logits").kernel.numpy(),
+                                  tensors["pre_logits.fc.weight"].T)
+    built = keras_vit.from_timm(path, num_heads=2)
+    assert built.get_layer("pre_logits").units == 24
+    np.testing.assert_allclose(built(IMAGES).numpy(), model(IMAGES).numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case,key", [("timm_vit_token", "pre_logits.fc.weight"),
+                                      ("transformers_vit", "pooler.dense.weight")])
+def test_checkpoint_without_pre_logits_into_a_model_with_them_is_refused(case, key):
+    # As for .npz: the model's pre-logits would stay random under a loaded head.
+    model = keras_vit.ViT(**dict(TINY_HUB, patch_size=8, representation_size=32))
+    before = _weights(model)
+    weights = _path(CASES[case]["weights"])
+    with pytest.raises(keras_vit.CheckpointMismatchError, match=f"missing key '{key}'"):
+        load_weights(model, weights)
+    _unchanged(before, model)
+
+
+def test_values_overflowing_float32_are_refused_and_nothing_changes(tmp_path):
+    tensors = _timm_tensors()
+    tensors["norm.weight"] = np.full(32, 1e300)  # float64, finite, inf as float32
+    path = _save_timm(tmp_path, tensors)
+    model = keras_vit.ViT(**dict(TINY_HUB, patch_size=8))
+    before = _weights(model)
+    with pytest.raises(keras_vit.CheckpointError, match="infinite.*'norm.weight'") as info:
+        keras_vit.load_timm(model, path)
+    assert "\n" not in str(info.value) and path in str(info.value)
+    _unchanged(before, model)
+
+
+def test_integer_tensors_are_refused_naming_the_key(tmp_path):
+    tensors = _timm_tensors()
+    tensors["blocks.0.norm1.weight"] = np.arange(32, dtype=np.int32)
+    path = _save_timm(tmp_path, tensors)
+    model = keras_vit.ViT(**dict(TINY_HUB, patch_size=8))
+    before = _weights(model)
+    with pytest.raises(keras_vit.CheckpointError,
+                       match=r"not floating-point.*'blocks.0.norm1.weight' \(int32\)"):
+        keras_vit.load_timm(model, path)
+    _unchanged(before, model)
+
+
+def _vit_model_directory(tmp_path, pooler=True, **config_update):
+    """A bare transformers ViTModel (google/vit-base-patch16-224-in21k's layout)."""
+    directory = tmp_path / "vit_model"
+    directory.mkdir()
+    config = json.loads(open(_path("transformers_vit/config.json")).read())
+    config.update(architectures=["ViTModel"], **config_update)
+    (directory / "config.json").write_text(json.dumps(config))
+    tensors = load_file(_path("transformers_vit/model.safetensors"))
+    tensors = {k[len("vit."):]: v for k, v in tensors.items() if k.startswith("vit.")}
+    if pooler:
+        rng = np.random.default_rng(1)
+        tensors["pooler.dense.weight"] = rng.normal(size=(32, 32)).astype(np.float32)
+        tensors["pooler.dense.bias"] = rng.normal(size=(32,)).astype(np.float32)
+    save_file(tensors, str(directory / "model.safetensors"))
+    return str(directory)
+
+
+@pytest.mark.parametrize("source", ["timm", "transformers"])
+def test_headless_checkpoint_loads_with_a_zero_head_for_fine_tuning(tmp_path, caplog, source):
+    # timm *.orig_in21k (num_classes=0: no head.*), transformers ViTModel (no classifier.*).
+    if source == "timm":
+        tensors = _timm_tensors()
+        del tensors["head.weight"], tensors["head.bias"]
+        weights = _save_timm(tmp_path, tensors)
+        full = _model("timm_vit_token")
+    else:
+        weights = _vit_model_directory(tmp_path, pooler=False)
+        full = _model("transformers_vit")
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        model = keras_vit.ViT(weights=weights, **dict(TINY_HUB, patch_size=8, num_classes=10))
+    assert "the checkpoint has no head" in caplog.text and "zero-initialised" in caplog.text
+    np.testing.assert_array_equal(model.get_layer("head").kernel.numpy(), 0.0)
+    np.testing.assert_array_equal(model.get_layer("head").bias.numpy(), 0.0)
+    features = keras.Model(model.input, model.get_layer("pool").output)(IMAGES).numpy()
+    pooled = keras.Model(full.input, full.get_layer("pool").output)(IMAGES).numpy()
+    np.testing.assert_allclose(features, pooled, rtol=0, atol=1e-6)
+    load_weights(model, weights)  # and again into a built model
+
+
+def test_transformers_pooler_act_other_than_tanh_is_refused(tmp_path):
+    directory = _vit_model_directory(tmp_path, pooler_act="relu")
+    with pytest.raises(keras_vit.CheckpointError, match="config.json: pooler_act 'relu'") as info:
+        keras_vit.from_transformers(directory)
+    assert "\n" not in str(info.value)
+    model = keras_vit.ViT(**dict(TINY_HUB, patch_size=8, representation_size=32,
+                                 include_top=False))
+    with pytest.raises(keras_vit.CheckpointError, match="pooler_act 'relu'"):
+        keras_vit.load_transformers(model, directory)
+
+
+def test_hybrid_loaded_into_a_model_with_original_numerics_warns_about_each(caplog):
+    model = keras_vit.ViT(**dict(TINY_HUB, patch_size=1, resnet_stages=(1,)), gelu="erf")
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        keras_vit.load_timm(model, _path("timm_hybrid.safetensors"))
+    assert "gelu=" not in caplog.text  # erf, as timm
+    assert "timm computes with group_norm_epsilon=1e-05" in caplog.text
+    assert "timm computes with std_conv_epsilon=1e-08" in caplog.text
+    assert "timm computes with std_conv_epsilon_in_sqrt=True" in caplog.text
+
+
+def _transformers_directory(tmp_path, **config_update):
+    directory = tmp_path / "vit"
+    shutil.copytree(_path("transformers_vit"), directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(dict(config, **config_update)))
+    return str(directory)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("hidden_size", 10**9), ("hidden_size", 2048), ("intermediate_size", 8192),
+    ("num_hidden_layers", 10**6), ("num_hidden_layers", 1), ("num_channels", 4),
+    ("patch_size", 4), ("image_size", 64)])
+def test_from_transformers_checks_the_config_against_the_tensor_shapes_first(
+        tmp_path, monkeypatch, field, value):
+    # A 100 KB file with a config saying hidden_size=2048 reached 1 GB before the error.
+    directory = _transformers_directory(tmp_path, **{field: value})
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match=f"config.json: {field} {value} ") as info:
+        keras_vit.from_transformers(directory)
+    assert "\n" not in str(info.value) and "model.safetensors" in str(info.value)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("hidden_size", "abc"), ("hidden_size", None), ("hidden_size", 32.7), ("hidden_size", True),
+    ("num_attention_heads", 0), ("intermediate_size", -64), ("num_channels", "three"),
+    ("num_hidden_layers", [2]), ("layer_norm_eps", -1.0), ("layer_norm_eps", "x"),
+    ("layer_norm_eps", float("inf")), ("layer_norm_eps", True), ("hidden_act", ["gelu"]),
+    ("hidden_act", "relu"), ("image_size", 0), ("patch_size", True), ("patch_size", [8, "8"]),
+    ("pooler_act", 3)])
+def test_config_fields_of_the_wrong_type_are_refused_naming_the_file(
+        tmp_path, monkeypatch, field, value):
+    directory = _transformers_directory(tmp_path, **{field: value})
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError) as info:
+        keras_vit.from_transformers(directory)
+    message = str(info.value)
+    assert message.startswith(os.path.join(directory, "config.json") + f": {field} ")
+    assert "\n" not in message
+
+
+def _deep(tensors):
+    tensors["blocks.40.junk"] = np.zeros(1, np.float32)
+
+
+def _gap(tensors):
+    for key in [k for k in tensors if k.startswith("blocks.1.")]:
+        tensors[key.replace("blocks.1.", "blocks.2.")] = tensors.pop(key)
+
+
+def _stage(tensors):
+    tensors["patch_embed.backbone.stages.6.blocks.0.x"] = np.zeros(1, np.float16)
+
+
+@pytest.mark.parametrize("fixture,edit,error", [
+    ("timm_vit_token", _deep, r"'blocks.40.junk' .*2 blocks"),
+    ("timm_vit_token", _gap, r"blocks 0, 2 .*not 0\.\.1"),
+    ("timm_hybrid", _stage, r"'patch_embed.backbone.stages.6.blocks.0.x' .*1 stage"),
+])
+def test_from_timm_counts_only_complete_blocks_and_refuses_stray_indices(
+        tmp_path, monkeypatch, fixture, edit, error):
+    tensors = load_file(_path(f"{fixture}.safetensors"))
+    edit(tensors)
+    path = _save_timm(tmp_path, tensors)
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match=error) as info:
+        keras_vit.from_timm(path, num_heads=2)
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key,shape,error", [
+    ("patch_embed.proj.weight", (32, 192), r"'patch_embed.proj.weight' has shape \(32, 192\)"),
+    ("pos_embed", (17,), r"'pos_embed' has shape \(17,\)"),
+    ("patch_embed.proj.weight", (32, 3, 0, 0), r"patch size \(0, 0\)"),
+    ("patch_embed.proj.weight", (32, 3, 8, 4), r"patch size \(8, 4\)"),
+    ("blocks.0.mlp.fc1.weight", (64,), r"'blocks.0.mlp.fc1.weight' has shape \(64,\)"),
+    ("head.weight", (5, 32, 1), r"'head.weight' has shape \(5, 32, 1\)"),
+])
+def test_from_timm_refuses_tensors_of_the_wrong_rank(tmp_path, monkeypatch, key, shape, error):
+    tensors = _timm_tensors()
+    tensors[key] = np.zeros(shape, np.float32)
+    path = _save_timm(tmp_path, tensors)
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match=error) as info:
+        keras_vit.from_timm(path, num_heads=2)
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
