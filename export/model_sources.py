@@ -1,6 +1,7 @@
-"""Any model the user names, for ``keras-vit predict`` (and ``explain`` / ``inspect``): a
-training run directory, a ``.keras`` file, an original ``.npz`` checkpoint, a SavedModel
-export version directory, or a TF Serving URL. Images go through the project's one
+"""Any model the user names, for ``keras-vit predict`` (and ``explain`` / ``inspect`` /
+``export``): a training run directory, a ``.keras`` file, an original ``.npz`` checkpoint, a
+timm ``.safetensors`` file, a transformers model directory, a SavedModel export version
+directory, or a TF Serving URL. Images go through the project's one
 preprocessing function (:func:`keras_vit.preprocess_image`) or the export's own graph,
 which uses the same function.
 """
@@ -15,13 +16,14 @@ import numpy as np
 from export.run_layout import RunLayout
 
 SERVER_SCHEMES = ("http://", "https://", "grpc://")
-KINDS = ("a run directory, a .keras file, an original .npz checkpoint, an exported version "
-         "directory (saved_model.pb) or a server URL (http://, grpc://)")
+KINDS = ("a run directory, a .keras file, an original .npz checkpoint, a timm .safetensors "
+         "file, a transformers model directory (config.json), an exported version directory "
+         "(saved_model.pb) or a server URL (http://, grpc://)")
 
 
 def model_kind(spec: str) -> str:
-    """``"server"``, ``"saved_model"``, ``"run"``, ``"keras"`` or ``"npz"``; a ValueError
-    naming ``spec`` for anything else."""
+    """``"server"``, ``"saved_model"``, ``"run"``, ``"keras"``, ``"npz"``, ``"timm"`` or
+    ``"transformers"``; a ValueError naming ``spec`` for anything else."""
     if spec.startswith(SERVER_SCHEMES):
         return "server"
     if os.path.isdir(spec):
@@ -29,31 +31,46 @@ def model_kind(spec: str) -> str:
             return "saved_model"
         if os.path.exists(RunLayout(spec).model):
             return "run"
-        raise ValueError(f"{spec} is a directory with neither model.keras (a run directory) "
-                         "nor saved_model.pb (an exported version)")
+        if os.path.exists(os.path.join(spec, "config.json")):
+            return "transformers"
+        raise ValueError(f"{spec} is a directory with neither model.keras (a run directory), "
+                         "saved_model.pb (an exported version) nor config.json (a "
+                         "transformers model)")
     if not os.path.exists(spec):
         raise ValueError(f"model not found: {spec} (expected {KINDS})")
     if spec.endswith(".keras"):
         return "keras"
     if spec.endswith(".npz"):
         return "npz"
+    if spec.endswith(".safetensors"):
+        return "timm"
     raise ValueError(f"cannot tell what model {spec} is: expected {KINDS}")
 
 
 def load_keras_model(spec: str, architecture: Optional[str] = None):
-    """A run directory, ``.keras`` file or ``.npz`` checkpoint -> ``(model, labels)``.
+    """A run directory, ``.keras`` file, ``.npz`` checkpoint, timm ``.safetensors`` file or
+    transformers directory -> ``(model, labels)``.
 
-    ``labels`` is the run's ``labels.txt`` (None when unknown). An ``.npz`` is built as
-    ``architecture`` (e.g. ``"ViT_B16"``) or, without it, as the architecture its array
-    shapes describe.
+    ``labels`` is the run's ``labels.txt`` or a transformers config's ``id2label`` (None
+    when unknown). An ``.npz`` is built as ``architecture`` (e.g. ``"ViT_B16"``) or, without
+    it, as the architecture its array shapes describe; a timm file as its shapes describe
+    (:func:`keras_vit.from_timm`), a transformers directory as its ``config.json`` says.
     """
     import keras
 
-    import keras_vit  # noqa: F401  (registers the layers)
+    import keras_vit  # also registers the layers for keras.models.load_model
     kind = model_kind(spec)
+    if architecture is not None and kind != "npz":
+        raise ValueError(f"--model {architecture} names the architecture of an .npz checkpoint; "
+                         f"{spec} is a {kind} model, which says its own")
     if kind == "npz":
         from keras_vit.checkpoint_architecture import model_from_checkpoint
         return model_from_checkpoint(spec, architecture), None
+    if kind == "timm":
+        return keras_vit.from_timm(spec), None
+    if kind == "transformers":
+        model = keras_vit.from_transformers(spec)
+        return model, getattr(model, "class_names", None)
     if kind not in ("run", "keras"):
         raise ValueError(f"{spec} is not a Keras model ({kind}); expected a run directory, a "
                          ".keras file or an .npz checkpoint")

@@ -172,3 +172,33 @@ def test_predict_bad_inputs_are_one_line_errors(run_dir, tmp_path, capsys):
     (tmp_path / "broken.keras").write_bytes(b"PK not a zip")
     err = _one_line_error(capsys, ["predict", str(tmp_path / "broken.keras"), good])
     assert f"cannot load {tmp_path / 'broken.keras'}" in err
+
+
+HUB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "hub")
+
+
+def test_predict_and_export_a_transformers_directory(tmp_path, capsys):
+    """`keras-vit predict` / `export` take a transformers model directory: probabilities of
+    transformers' own logits (tests/fixtures/hub), labels from its id2label."""
+    reference = np.load(os.path.join(HUB, "reference.npz"))
+    paths = []
+    for i, image in enumerate(reference["images"]):
+        paths.append(str(tmp_path / f"hub{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    directory = os.path.join(HUB, "transformers_vit")
+    assert model_kind(directory) == "transformers"
+    assert main(["predict", directory, *paths, "--top-k", "5", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    logits = reference["transformers_vit"].astype(np.float64)
+    want = np.exp(logits - logits.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    names = ["cat", "dog", "fish", "bird", "frog"]
+    for row, p in zip(rows, want):
+        assert row["classes"] == list(np.argsort(-p))
+        assert row["labels"] == [names[i] for i in np.argsort(-p)]
+        np.testing.assert_allclose(row["probabilities"], np.sort(p)[::-1], atol=1e-5)
+    output = str(tmp_path / "hub.tflite")
+    assert main(["export", directory, "--format", "litert", "--output", output]) == 0
+    assert os.path.getsize(output) > 0
+    assert main(["predict", directory, paths[0], "--model", "ViT_B16"]) == 2
+    assert "names the architecture of an .npz" in capsys.readouterr().err

@@ -1,5 +1,4 @@
 import keras
-import numpy as np
 import pytest
 
 from training.recipes import RECIPES, WarmupLinearDecay, make_optimizer, make_schedule
