@@ -140,9 +140,8 @@ def predict_keras(model, labels, paths: Sequence[str], top_k: int = 5) -> List[d
     """Top-k predictions of an in-memory keras_vit model for image files."""
     images = np.stack([load_pixels(model, p, data)
                        for p, data in zip(paths, read_image_files(paths))])
-    logits = np.asarray(model(images, training=False), np.float64)
-    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
-    probabilities /= probabilities.sum(-1, keepdims=True)
+    from keras_vit.inference import class_probabilities
+    probabilities = class_probabilities(model, images)
     return [dict(file=p, **_top_k(row, top_k, labels)) for p, row in zip(paths, probabilities)]
 
 

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 import keras_vit
+from keras_vit.inference import class_probabilities
 from export.runtimes import runner
 from export.saved_model import ExportError
 
@@ -132,9 +133,7 @@ def verify_file(path: str, model: keras.Model, fmt: str, quantization: Optional[
         # A mixed-precision model: the file computes in float32 (probability_model), so
         # the reference is the float32 copy of the same weights.
         model = keras_vit.inference_model(model, "float32", fold=False)
-    logits = np.asarray(model(images, training=False), np.float64)
-    want = np.exp(logits - logits.max(-1, keepdims=True))
-    want /= want.sum(-1, keepdims=True)
+    want = class_probabilities(model, images)
     got = runner(fmt, path)(images)
     return compare(want, got, *TOLERANCES[(fmt, quantization)])
 

@@ -1,8 +1,10 @@
 """An inference copy of a keras_vit model: another compute dtype, LayerNorm and attention
-scale folded into the projections, dropout removed."""
+scale folded into the projections, dropout removed; and the model's class probabilities, the
+reference every prediction and exported file is compared with."""
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from keras_vit.layers.transformer import TransformerBlock, fold_block_weights
 from keras_vit.model_ops import rebuild
@@ -57,3 +59,20 @@ def inference_model(model: keras.Model, dtype: str = "float32", fold: bool = Tru
         return weights
 
     return rebuild(model, edit, convert, name=name)
+
+
+def class_probabilities(model: keras.Model, images) -> np.ndarray:
+    """Softmax of ``model``'s logits for ``images`` (raw pixels at its resolution), computed
+    in float64 with numpy from the model's float32 logits, without dropout: the reference
+    that predictions, exported files and figures are compared with.
+
+    Args:
+        model: a keras_vit classifier (logits out).
+        images: (batch, height, width, 3) pixels in [0, 255].
+
+    Returns:
+        A float64 array of shape (batch, classes) whose rows sum to 1.
+    """
+    logits = np.asarray(model(images, training=False), np.float64)
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vit.inference import class_probabilities
 from keras_vit.layers.transformer import TransformerBlock, layer_norm
 from keras_vit.position_embeddings import to_pair
 
@@ -329,14 +330,8 @@ def explain(model: keras.Model, images) -> Dict[str, np.ndarray]:
     result = {"rollout": rollout_map(attention_weights(model, images), grid,
                                      num_prefix_tokens(model))}
     if "head" in {layer.name for layer in model.layers}:
-        logits = np.asarray(model(images, training=False), np.float64)
-        result["probabilities"] = _softmax(logits)
+        result["probabilities"] = class_probabilities(model, images)
     return result
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 __all__ = ["attention_rollout", "attention_weights", "block_attention", "endpoints_model",
