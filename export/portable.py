@@ -10,6 +10,7 @@ before it is renamed into place; an existing file is kept unless ``overwrite``.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Optional
@@ -149,7 +150,9 @@ def format_verification(path: str, report: dict) -> str:
 
 def _publish(staged: str, path: str, overwrite: bool) -> None:
     """Moves the staged file to ``path``; without ``overwrite`` a file already there (even
-    one created meanwhile) is kept: the link fails instead."""
+    one created meanwhile) is kept: the link fails instead. On a filesystem without hard
+    links the file is copied into a path created exclusively (``O_EXCL``), which keeps that
+    promise (a reader may then see the file while it is being copied)."""
     os.chmod(staged, 0o644)
     if overwrite:
         os.replace(staged, path)
@@ -157,9 +160,32 @@ def _publish(staged: str, path: str, overwrite: bool) -> None:
     try:
         os.link(staged, path)
     except FileExistsError:
-        raise ExportError(f"{path} already exists; pass overwrite=True (--overwrite) or "
-                          "another path") from None
+        raise _exists(path) from None
+    except OSError:  # no hard links here (EPERM, ENOTSUP, ...)
+        try:
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise _exists(path) from None
+        with os.fdopen(target, "wb") as out, open(staged, "rb") as source:
+            shutil.copyfileobj(source, out)
     os.unlink(staged)
+
+
+def _exists(path: str) -> ExportError:
+    return ExportError(f"{path} already exists; pass overwrite=True (--overwrite) or another "
+                       "path")
+
+
+def _missing_directories(directory: str) -> list:
+    """``directory`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while directory and not os.path.exists(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return missing
 
 
 def export_file(model: keras.Model, path: str, fmt: str, quantization: Optional[str] = None,
@@ -171,13 +197,14 @@ def export_file(model: keras.Model, path: str, fmt: str, quantization: Optional[
     if not path.endswith(SUFFIXES[fmt]):
         raise ValueError(f"{fmt} file name must end with {SUFFIXES[fmt]}: {path}")
     if os.path.lexists(path) and not overwrite:
-        raise ExportError(f"{path} already exists; pass overwrite=True (--overwrite) or "
-                          "another path")
+        raise _exists(path)
     directory = os.path.dirname(os.path.abspath(path))
+    created = _missing_directories(directory)
     os.makedirs(directory, exist_ok=True)
     wrapper = probability_model(model)
     fd, staged = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIXES[fmt], dir=directory)
     os.close(fd)
+    published = False
     try:
         try:
             _convert(wrapper, fmt, quantization, staged)
@@ -189,9 +216,16 @@ def export_file(model: keras.Model, path: str, fmt: str, quantization: Optional[
         if report and not report["ok"]:
             raise ExportError(f"{format_verification(path, report)}; nothing was written")
         _publish(staged, path, overwrite)
+        published = True
     finally:
         if os.path.exists(staged):
             os.unlink(staged)
+        if not published:  # the directories this export made go with it (when empty)
+            for made in created:
+                try:
+                    os.rmdir(made)
+                except OSError:
+                    break
     return report
 
 

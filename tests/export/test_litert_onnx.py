@@ -155,6 +155,38 @@ def test_failed_verification_writes_nothing(model, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="FAILED: max probability difference .* nothing was"):
         export_litert(model, str(tmp_path / "m.tflite"), quantization="float16")
     assert os.listdir(tmp_path) == []  # neither the file nor its staging copy
+    # Nor the directories the export made for it.
+    with pytest.raises(ExportError, match="nothing was"):
+        export_litert(model, str(tmp_path / "new" / "sub" / "m.tflite"), quantization="float16")
+    assert os.listdir(tmp_path) == []
+
+
+def test_without_hard_links_the_file_is_published_and_never_overwrites(model, tmp_path,
+                                                                     monkeypatch):
+    """A filesystem that refuses os.link (some network and FUSE mounts): the file is still
+    published, and a file that appeared meanwhile is still kept."""
+    import export.portable
+    from export import ExportError
+
+    def no_hard_links(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(export.portable.os, "link", no_hard_links)
+    target = tmp_path / "m.tflite"
+    export_litert(model, str(target))
+    assert target.stat().st_size > 0 and os.listdir(tmp_path) == ["m.tflite"]
+    theirs = tmp_path / "theirs.tflite"
+    convert = export.portable._convert
+
+    def convert_then_someone_writes(*args):
+        convert(*args)
+        theirs.write_bytes(b"theirs")
+
+    monkeypatch.setattr(export.portable, "_convert", convert_then_someone_writes)
+    with pytest.raises(ExportError, match="theirs.tflite already exists"):
+        export_litert(model, str(theirs))
+    assert theirs.read_bytes() == b"theirs"
+    assert sorted(os.listdir(tmp_path)) == ["m.tflite", "theirs.tflite"]
 
 
 def test_file_created_during_the_export_is_kept(model, tmp_path, monkeypatch):
