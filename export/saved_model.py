@@ -14,7 +14,8 @@ import tensorflow as tf
 import keras_vit
 from export.models_config import register_model
 from export.signatures import SIGNATURES, make_serving_functions
-from export.versions import VersionExists, check_name, check_version, claim_version, publish
+from export.versions import (VersionExists, check_name, check_version, claim_version,
+                             existing_versions, publish)
 from keras_vit.preprocessing import DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger("keras_vit.export")
@@ -53,6 +54,23 @@ def model_fingerprint(model: keras.Model) -> str:
         digest.update(f"{value.dtype}:{value.shape};".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+def version_of(model: keras.Model, base_dir: str, name: str) -> Optional[str]:
+    """The newest version of ``name`` under ``base_dir`` exported from exactly ``model``'s
+    weights (its recorded fingerprint), or None: a resumed run that was killed after its
+    export reuses it instead of writing the same model again as the next version."""
+    model_dir = os.path.join(base_dir, name)
+    wanted = None
+    for version in reversed(existing_versions(model_dir)):
+        directory = os.path.join(model_dir, str(version))
+        recorded = read_export_info(directory).get("source", {}).get("weights_sha256")
+        if recorded is None:
+            continue
+        wanted = wanted or model_fingerprint(model)
+        if recorded == wanted:
+            return directory
+    return None
 
 
 def _check_arguments(model, name, version, labels, top_k, max_pixels):

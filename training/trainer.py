@@ -607,8 +607,12 @@ def _write_outputs(run: _Run, model, metrics):
     tf.io.gfile.rename(partial, layout.model, overwrite=True)
     if run.config.export:
         from export import export_saved_model
-        metrics["export"] = export_saved_model(model, layout.export, name=model.name,
-                                               labels=run.source.labels)
+        from export.saved_model import version_of
+        done = version_of(model, layout.export, model.name)  # a resume after a late kill
+        if done is not None:
+            run.say(f"{done} already holds this model: not exported again")
+        metrics["export"] = done or export_saved_model(model, layout.export, name=model.name,
+                                                       labels=run.source.labels)
     from training.figures import write_training_curves
     write_training_curves(layout.root)
     _write_text(layout.metrics, json.dumps(metrics, indent=2))

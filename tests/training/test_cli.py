@@ -77,6 +77,13 @@ def test_resume_of_a_finished_run_writes_nothing_new_and_one_killed_in_its_end_f
     assert "already finished at step 4" in capsys.readouterr().out
     assert _versions(out / "export" / "vit_tiny") == versions == ["1"]
     assert (out / "metrics.json").read_text() == metrics
+    # Killed after the export, before metrics.json: the resume keeps the export it made.
+    os.remove(out / "metrics.json")
+    assert main(["train", "--resume", "--output", str(out)]) == 0
+    assert "already holds this model" in capsys.readouterr().out
+    assert _versions(out / "export" / "vit_tiny") == ["1"]
+    assert json.loads((out / "metrics.json").read_text())["export"].endswith(
+        os.path.join("vit_tiny", "1"))
     # Killed during the final save: the resume evaluates and writes what is missing.
     os.remove(out / "metrics.json")
     os.remove(out / "model.keras")
