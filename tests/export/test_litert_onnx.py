@@ -176,24 +176,16 @@ def test_without_hard_links_the_file_is_published_and_never_overwrites(model, tm
     export_litert(model, str(target))
     assert target.stat().st_size > 0 and os.listdir(tmp_path) == ["m.tflite"]
     theirs = tmp_path / "theirs.tflite"
-    convert = export.portable._convert
-
-    def convert_then_someone_writes(*args):
-        convert(*args)
-        theirs.write_bytes(b"theirs")
-
-    monkeypatch.setattr(export.portable, "_convert", convert_then_someone_writes)
+    _someone_writes_after_the_conversion(monkeypatch, theirs)
     with pytest.raises(ExportError, match="theirs.tflite already exists"):
         export_litert(model, str(theirs))
     assert theirs.read_bytes() == b"theirs"
     assert sorted(os.listdir(tmp_path)) == ["m.tflite", "theirs.tflite"]
 
 
-def test_file_created_during_the_export_is_kept(model, tmp_path, monkeypatch):
-    """The final rename never replaces a file that appeared after the early check."""
+def _someone_writes_after_the_conversion(monkeypatch, target):
+    """Another process creates ``target`` between the early check and the publishing."""
     import export.portable
-    from export import ExportError
-    target = tmp_path / "m.onnx"
     convert = export.portable._convert
 
     def convert_then_someone_writes(*args):
@@ -201,6 +193,13 @@ def test_file_created_during_the_export_is_kept(model, tmp_path, monkeypatch):
         target.write_bytes(b"theirs")
 
     monkeypatch.setattr(export.portable, "_convert", convert_then_someone_writes)
+
+
+def test_file_created_during_the_export_is_kept(model, tmp_path, monkeypatch):
+    """The final rename never replaces a file that appeared after the early check."""
+    from export import ExportError
+    target = tmp_path / "m.onnx"
+    _someone_writes_after_the_conversion(monkeypatch, target)
     with pytest.raises(ExportError, match="m.onnx already exists"):
         export_onnx(model, str(target))
     assert target.read_bytes() == b"theirs" and os.listdir(tmp_path) == ["m.onnx"]
