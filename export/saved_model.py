@@ -150,7 +150,8 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     Signatures (:data:`export.signatures.SIGNATURES`) ``serving_default`` (``image_bytes``:
     JPEG/PNG/GIF/BMP strings) and ``serving_images`` (``images``: float pixels in [0, 255],
     any size), both returning ``probabilities``, ``scores`` / ``classes`` (top ``top_k``) and
-    ``labels`` when class names are given. An encoded image over ``max_pixels`` pixels (read
+    ``labels`` when class names are known (``labels``, else the model's ``class_names``: a
+    published ImageNet-1k head's, a transformers config's). An encoded image over ``max_pixels`` pixels (read
     from its header) or in another format is refused with InvalidArgument before it is
     decoded. ``image_size`` exports at another resolution (position embeddings resized).
 
@@ -168,6 +169,8 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     """
     from export.frozen import check_precision
     check_precision(precision)
+    if labels is None:
+        labels = list(getattr(model, "class_names", None) or []) or None
     _check_arguments(model, name, version, labels, top_k, max_pixels)
     info = {"precision": precision, "frozen": bool(frozen), "max_pixels": max_pixels,
             "source": {"name": model.name, "weights_sha256": model_fingerprint(model)}}

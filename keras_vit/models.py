@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional, Sequence, Union
 
 import keras
@@ -13,6 +14,8 @@ from keras_vit.layers.resnet import group_norm
 from keras_vit.position_embeddings import to_pair
 from keras_vit.sources import source_numerics
 from keras_vit.variants import VARIANTS, ViTConfig, total_stride
+
+logger = logging.getLogger("keras_vit")
 
 ImageSize = Union[int, Sequence[int]]
 
@@ -172,6 +175,17 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
     return model
 
 
+def _label_published_head(model: keras.Model, meta) -> None:
+    """``model.class_names``: the published head's class names (ImageNet-1k: its WordNet IDs)
+    when the model kept that head (same class count); exports and predictions use them."""
+    if meta.labels is None or model.output_shape[-1] != meta.num_classes:
+        return
+    try:
+        model.class_names = meta.class_names()
+    except ValueError as error:  # no tensorflow-datasets label list here
+        logger.warning("%s: no class names for its head (%s)", meta.name, error)
+
+
 def _named_builder(variant: str):
     config = VARIANTS[variant]
 
@@ -180,18 +194,23 @@ def _named_builder(variant: str):
               representation_size: Optional[int] = None, include_preprocessing: bool = True,
               dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
               drop_path_rate: float = 0.0, **kwargs) -> keras.Model:
-        from keras_vit.pretrained import builder_arguments, resolve_weights
+        from keras_vit.pretrained import (builder_arguments, is_published_name, published,
+                                          resolve_weights)
         args = builder_arguments(variant, weights, image_size=image_size,
                                  num_classes=num_classes, include_top=include_top,
                                  classifier=classifier, representation_size=representation_size)
+        name = weights if is_published_name(weights) else None
         if isinstance(weights, str):
             weights = resolve_weights(variant, weights)
         arch = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint_name"}
-        return ViT(include_top=include_top, weights=weights,
-                   include_preprocessing=include_preprocessing, dropout_rate=dropout_rate,
-                   attention_dropout_rate=attention_dropout_rate,
-                   drop_path_rate=drop_path_rate,
-                   **{"name": variant.lower(), **args, **arch, **kwargs})
+        model = ViT(include_top=include_top, weights=weights,
+                    include_preprocessing=include_preprocessing, dropout_rate=dropout_rate,
+                    attention_dropout_rate=attention_dropout_rate,
+                    drop_path_rate=drop_path_rate,
+                    **{"name": variant.lower(), **args, **arch, **kwargs})
+        if name is not None and include_top:
+            _label_published_head(model, published(variant, name))
+        return model
 
     build.__name__ = build.__qualname__ = variant
     build.__doc__ = (

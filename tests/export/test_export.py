@@ -405,3 +405,15 @@ def test_variables_export_holds_each_weight_once(model, tmp_path, precision):
     expected = tf.nn.softmax(model(images, training=False)).numpy()
     tolerance = 1e-6 if precision == "float32" else 2e-2
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=tolerance)
+
+
+def test_export_labels_default_to_the_models_class_names(model, tmp_path):
+    """A published ImageNet head or a transformers config labels the model
+    (model.class_names); the export serves those labels without labels=."""
+    model.class_names = LABELS
+    path = export_saved_model(model, str(tmp_path), name="tiny", warmup=False)
+    images = np.random.default_rng(3).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    outputs = tf.saved_model.load(path).signatures["serving_images"](images=tf.constant(images))
+    classes = outputs["classes"].numpy()[0]
+    assert [label.decode() for label in outputs["labels"].numpy()[0]] == [
+        LABELS[i] for i in classes]

@@ -369,3 +369,7 @@ def test_named_builder_takes_size_and_classes_from_the_published_name(tmp_path, 
     assert keras_vit.model_image_size(model) == (384, 384)
     assert model.output_shape == (None, 1000)
     np.testing.assert_array_equal(model.get_layer("head").bias.numpy(), params["head/bias"])
+    # Its ImageNet-1k head comes labelled; a new head does not.
+    assert model.class_names == pretrained.class_names("imagenet2012")
+    assert not hasattr(keras_vit.ViT_Ti16(weights="augreg-imagenet21k+imagenet2012",
+                                          num_classes=10), "class_names")
