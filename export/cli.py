@@ -20,7 +20,10 @@ QUANTIZE = {"float16": "float16", "int8": "dynamic_int8"}
 
 
 def add_export_arguments(parser):
-    parser.add_argument("model", nargs="?", help="a .keras model or a training run directory")
+    parser.add_argument("model", nargs="?",
+                        help="a training run directory, a .keras model, an original .npz "
+                             "checkpoint, a timm .safetensors file or a transformers model "
+                             "directory")
     parser.add_argument("--format", choices=("savedmodel", "litert", "onnx"),
                         default="savedmodel",
                         help="savedmodel: a TF Serving version (default); litert / onnx: one "
@@ -146,7 +149,8 @@ def run_file_export(args) -> int:
 
     quantization = QUANTIZE.get(args.quantize)
     if not args.model:
-        raise ValueError(f"give the .keras model or run directory to export as {args.format}"
+        raise ValueError("give the model (run directory, .keras, ...) to export as "
+                         f"{args.format}"
                          + (" (and to compare --verify's file with)" if args.verify else ""))
     model = _resolve_model(args.model)[0]
     if _image_size(args) is not None:

@@ -1,11 +1,12 @@
 """One-file exports for phones, browsers and ONNX Runtime: LiteRT (``.tflite``) and ONNX.
 
-The file takes float pixels in [0, 255] (NHWC, any batch, at the model's resolution: the
-model's own first layer rescales them) and returns float32 ``probabilities`` (softmax of the
-logits), computed in float32 (also for a model trained under a mixed-precision policy). The converters are the maintained ones, through Keras's ``model.export``: the LiteRT
-converter shipped with TensorFlow (builtin ops only, so the file runs without the Flex
-delegate) and tf2onnx. Each file is checked with its own runtime against the Keras model
-before it is renamed into place; an existing file is kept unless ``overwrite``.
+The file takes float pixels in [0, 255] (NHWC, any batch, at the model's resolution: the model's
+own first layer rescales them) and returns float32 ``probabilities`` (softmax of the logits),
+computed in float32 (also for a model trained under a mixed-precision policy). The converters
+are the maintained ones, through Keras's ``model.export``: the LiteRT converter shipped with
+TensorFlow (builtin ops only, so the file runs without the Flex delegate) and tf2onnx. Each file
+is checked with its own runtime against the Keras model before it is renamed into place; an
+existing file is kept unless ``overwrite``.
 """
 from __future__ import annotations
 

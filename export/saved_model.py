@@ -151,9 +151,9 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     JPEG/PNG/GIF/BMP strings) and ``serving_images`` (``images``: float pixels in [0, 255],
     any size), both returning ``probabilities``, ``scores`` / ``classes`` (top ``top_k``) and
     ``labels`` when class names are known (``labels``, else the model's ``class_names``: a
-    published ImageNet-1k head's, a transformers config's). An encoded image over ``max_pixels`` pixels (read
-    from its header) or in another format is refused with InvalidArgument before it is
-    decoded. ``image_size`` exports at another resolution (position embeddings resized).
+    published ImageNet-1k head's, a transformers config's). An encoded image over ``max_pixels``
+    pixels (read from its header) or in another format is refused with InvalidArgument before it
+    is decoded. ``image_size`` exports at another resolution (position embeddings resized).
 
     ``version`` is a positive integer (default: the next free one, claimed under a lock, so
     concurrent exports get distinct versions). The version is staged in a temporary

@@ -371,8 +371,8 @@ def from_transformers(directory: str, image_size=None, **kwargs) -> keras.Model:
 
     The model computes what transformers computes: exact GELU (``hidden_act="gelu"``) and
     the config's LayerNorm epsilon (1e-12 by default). Its class names (from ``id2label``)
-    are set as ``model.class_names`` (a plain attribute: not saved with the model; pass them
-    as ``labels`` to the export).
+    are set as ``model.class_names`` (a plain attribute, not saved with the model;
+    :func:`export.export_saved_model` serves them as labels).
 
     Args:
         directory: the model directory.

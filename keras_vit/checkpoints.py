@@ -46,7 +46,7 @@ import numpy as np
 
 from keras_vit.layers import PatchEncoder, Patches, ResNetUnit, StdConv2D, TransformerBlock
 from keras_vit.position_embeddings import resize_position_embeddings
-from keras_vit.sources import source_numerics
+from keras_vit.sources import NUMERICS, ORIGINAL as ORIGINAL_SOURCE, source_numerics
 
 logger = logging.getLogger("keras_vit")
 
@@ -639,16 +639,16 @@ def load_pretrained(model: keras.Model, path, *, verbose: bool = True) -> Dict[s
     both cases the model's head is set to zeros (a fresh zero-initialised D x K layer, paper
     section 3.1); so is it when the checkpoint has no head key at all (a feature extractor's,
     e.g. timm's ``num_classes=0`` or transformers' ``ViTModel``). A model without a head
-    (``include_top=False``) ignores the checkpoint's head. Position embeddings are resized to the model's grid with aligned-corners bilinear
-    interpolation (section 3.2). GroupNorm parameters stored as (1, 1, 1, C) are squeezed.
-    Each of these is logged (logger ``"keras_vit"``).
+    (``include_top=False``) ignores the checkpoint's head. Position embeddings are resized to
+    the model's grid with aligned-corners bilinear interpolation (section 3.2). GroupNorm
+    parameters stored as (1, 1, 1, C) are squeezed. Each of these is logged (logger
+    ``"keras_vit"``).
 
     Names and shapes are checked from the archive's headers first; only the arrays that load
     are read. Anything else that does not fit raises :class:`CheckpointMismatchError`
     listing every offending key; arrays that are not floating-point, or hold NaN or
     infinite values once cast to the model's dtype, raise :class:`CheckpointError` naming
-    them. On any error no weight of the model
-    has been changed.
+    them. On any error no weight of the model has been changed.
 
     Args:
         model: a keras_vit model (built by :func:`keras_vit.ViT` or a named builder).
@@ -668,9 +668,7 @@ def load_pretrained(model: keras.Model, path, *, verbose: bool = True) -> Dict[s
 def _model_numerics(model: keras.Model) -> Dict[str, set]:
     """The values of each :data:`keras_vit.sources.NUMERICS` option in the model's layers
     (the ResNet options only in hybrids)."""
-    found: Dict[str, set] = {option: set() for option in (
-        "gelu", "layer_norm_epsilon", "group_norm_epsilon", "std_conv_epsilon",
-        "std_conv_epsilon_in_sqrt")}
+    found: Dict[str, set] = {option: set() for option in NUMERICS[ORIGINAL_SOURCE]}
     for layer in model.layers:
         if isinstance(layer, TransformerBlock):
             found["gelu"].add(layer.gelu)
@@ -733,11 +731,11 @@ def load_timm(model: keras.Model, path, *, verbose: bool = True) -> Dict[str, li
     shapes, dtypes and values checked before any weight changes; the head dropped for
     ``include_top=False``, re-initialised for another class count or a checkpoint without
     head; position embeddings resized), with timm's key map (:func:`timm_entries`; old
-    timm's ``pre_logits.fc`` fills a model built with ``representation_size``). For the model to compute what
-    timm computes, build it with timm's numerics (``keras_vit.ViT(weights=path)`` and the
-    named builders do; see :mod:`keras_vit.sources`); a model whose GELU, LayerNorm epsilon
-    or (hybrids) GroupNorm / weight-standardisation epsilon differs is loaded all the same,
-    with a warning.
+    timm's ``pre_logits.fc`` fills a model built with ``representation_size``). For the model to
+    compute what timm computes, build it with timm's numerics (``keras_vit.ViT(weights=path)``
+    and the named builders do; see :mod:`keras_vit.sources`); a model whose GELU, LayerNorm
+    epsilon or (hybrids) GroupNorm / weight-standardisation epsilon differs is loaded all the
+    same, with a warning.
 
     Args:
         model: a keras_vit model.
@@ -792,8 +790,7 @@ def load_transformers(model: keras.Model, directory, *, verbose: bool = True) ->
     Returns:
         The report of :func:`load_pretrained`, with transformers' keys.
     """
-    from keras_vit.sources import read_transformers_config
-    from keras_vit.sources import check_pooler_act
+    from keras_vit.sources import check_pooler_act, read_transformers_config
     config = read_transformers_config(directory)
     path = transformers_weights_file(directory)
     index = read_safetensors_index(path)

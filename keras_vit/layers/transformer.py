@@ -87,9 +87,10 @@ class TransformerBlock(keras.layers.Layer):
 
     Numerics follow the original release: LayerNorm epsilon 1e-6, queries scaled by
     1/sqrt(head_dim), softmax in float32, MLP ``Dense -> GELU (tanh approximation, jax's
-    default) -> Dense``; ``gelu="erf"`` and ``layer_norm_epsilon`` give the exact GELU and
-    epsilon of timm (1e-6) and transformers (1e-12) checkpoints, dropout after the attention and after each MLP dense layer, plus
-    optional stochastic depth (``drop_path_rate``) on both residual branches.
+    default) -> Dense`` (``gelu="erf"`` and ``layer_norm_epsilon`` give the exact GELU and
+    epsilon of timm (1e-6) and transformers (1e-12) checkpoints), dropout after the attention
+    and after each MLP dense layer, plus optional stochastic depth (``drop_path_rate``) on both
+    residual branches.
 
     Layout for speed (see shared PERFORMANCE notes): tokens are a 2-D (batch * tokens, D)
     matrix inside the block, q/k/v live in one fused (D, 3D) kernel, and every projection is
