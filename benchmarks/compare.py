@@ -13,6 +13,8 @@ bfloat16, per setting:
   weights as variables (the default export), and frozen (``export_saved_model(...,
   frozen=True, precision=dtype)``) fed float pixels and JPEG bytes (the difference is the
   in-graph decoding's cost);
+- "weight cache": the same process with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`` (oneDNN keeps
+  its reordered weights as it does for a frozen graph's constants; README, Serving);
 - keras-hub's ``ViTBackbone`` with the same config and dtype (TF backend, no head);
 - timm's ViT on PyTorch CPU, eager under ``inference_mode``, bfloat16 by autocast.
 Training, ViT-S/16 batch 32 (images/s): the keras-vit trainer's step
@@ -40,12 +42,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "workers.py")
 MODELS = ("ViT_Ti16", "ViT_S16", "ViT_B16")
 ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+# oneDNN's weight cache (keras_vit.runtime.FROZEN_WEIGHTS_VARIABLE): the README's serving setting.
+WEIGHT_CACHE = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
 INFERENCE = [  # label, worker kind, export (for sessions), mode[, extra environment]
     ("keras_vit, Keras call", "keras_vit", None, "call"),
     ("keras_vit, Keras call, oneDNN off", "keras_vit", None, "call", ONEDNN_OFF),
     ("keras_vit, model.predict", "keras_vit", None, "predict"),
     ("keras_vit, inference_model", "keras_vit", None, "inference_model"),
+    ("keras_vit, inference_model, weight cache", "keras_vit", None, "inference_model",
+     WEIGHT_CACHE),
     ("SavedModel, variables (session)", "savedmodel", "variables", "images"),
+    ("SavedModel, variables, weight cache", "savedmodel", "variables", "images", WEIGHT_CACHE),
     ("SavedModel, frozen (session)", "savedmodel", "frozen", "images"),
     ("SavedModel, frozen, JPEG bytes", "savedmodel", "frozen", "bytes"),
     ("keras-hub ViTBackbone", "keras_hub", None, "call"),
@@ -62,12 +69,14 @@ class Worker:
 
     def __init__(self, spec, log, env=None):
         self.spec, self.error, self.peak_rss_mb, self.versions = spec, None, None, {}
+        self.start_s = None
         self.proc = subprocess.Popen([sys.executable, WORKER, json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=log, text=True, bufsize=1,
                                      env=dict(os.environ, **(env or {})))
         ready = self._read()
         self.onednn = ready.get("onednn") if ready else None
+        self.start_s = ready.get("start_s") if ready else None
         if ready is None:
             self.error = f"{spec['kind']} failed to start (see the log)"
 
@@ -175,7 +184,8 @@ def run_inference(args, export_dir, log):
             for label, (worker, mode) in settings.items():
                 rows.append({"model": model, "dtype": dtype, "setting": label,
                              "results": results[label], "peak_rss_mb": worker.peak_rss_mb,
-                             "onednn": worker.onednn, "versions": worker.versions})
+                             "start_s": worker.start_s, "onednn": worker.onednn,
+                             "versions": worker.versions})
     return rows
 
 
@@ -238,8 +248,8 @@ def report(args, inference, training, ceilings):
         head = " | ".join(f"batch {b}" for b in args.batches)
         out += [f"### Inference at 224, images/s (batch 1: latency), x = ratio to {TORCH} "
                 "in the same dtype", "",
-                f"| model | dtype | setting | {head} | peak RSS MiB |",
-                "|---|---|---|" + "---|" * len(args.batches) + "---|"]
+                f"| model | dtype | setting | {head} | peak RSS MiB | start s |",
+                "|---|---|---|" + "---|" * len(args.batches) + "---|---|"]
         for r in inference:
             ref = next((x for x in inference if x["model"] == r["model"]
                         and x["dtype"] == r["dtype"] and x["setting"] == TORCH), None)
@@ -247,7 +257,9 @@ def report(args, inference, training, ceilings):
                                      ref["results"].get(b) if ref and ref is not r else None)
                                for b in args.batches)
             rss = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"
-            out.append(f"| {r['model']} | {r['dtype']} | {r['setting']} | {cells} | {rss} |")
+            start = f"{r['start_s']:.1f}" if r.get("start_s") is not None else "-"
+            out.append(f"| {r['model']} | {r['dtype']} | {r['setting']} | {cells} | {rss} "
+                       f"| {start} |")
         out.append("")
     if training:
         out += [f"### Training {args.train_model}, batch 32, images/s (median step)", "",
@@ -286,6 +298,13 @@ def report(args, inference, training, ceilings):
                              "keras_vit, Keras call, oneDNN off"),
                             ("frozen / variables SavedModel", "SavedModel, frozen (session)",
                              "SavedModel, variables (session)"),
+                            ("variables + weight cache / PyTorch",
+                             "SavedModel, variables, weight cache", TORCH),
+                            ("variables + weight cache / frozen",
+                             "SavedModel, variables, weight cache",
+                             "SavedModel, frozen (session)"),
+                            ("inference_model + weight cache / PyTorch",
+                             "keras_vit, inference_model, weight cache", TORCH),
                             ("JPEG-bytes / float signature speed",
                              "SavedModel, frozen, JPEG bytes",
                              "SavedModel, frozen (session)")):
@@ -298,15 +317,23 @@ def report(args, inference, training, ceilings):
 
 
 def machine():
-    flags = set()
+    flags, family, model = set(), None, None
     name = platform.processor()
     if os.path.exists("/proc/cpuinfo"):
         for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "flags":
+                flags = set(value.split())
+            elif key == "model name":
+                name = value
+            elif key == "cpu family":
+                family = value
+            elif key == "model":
+                model = value
+    if family is not None:  # "AMD EPYC" alone does not say which generation
+        name += f" (family {family}, model {model})"
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
     return {"cpu": name, "cores": os.cpu_count(),
             "isa": [f for f in wanted if f in flags], "python": platform.python_version()}
 

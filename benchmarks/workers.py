@@ -355,13 +355,15 @@ def main(spec):
     if spec["kind"] == "export":
         reply({"paths": export_versions(spec)})
         return
-    worker = WORKERS[spec["kind"]](spec)
+    started = time.perf_counter()
+    worker = WORKERS[spec["kind"]](spec)  # builds the model / loads the SavedModel
+    start_s = time.perf_counter() - started
     measured = getattr(worker, "measured", lambda elapsed: elapsed)
     onednn = None
     if "tensorflow" in sys.modules:
         from tensorflow.python.util import _pywrap_util_port
         onednn = bool(_pywrap_util_port.IsMklEnabled())
-    reply({"ready": True, "modes": list(worker.modes), "onednn": onednn})
+    reply({"ready": True, "modes": list(worker.modes), "onednn": onednn, "start_s": start_s})
     for line in sys.stdin:
         command = json.loads(line)
         if command["op"] == "exit":

@@ -27,3 +27,48 @@ def onednn_enabled() -> bool:
     """
     from tensorflow.python.util import _pywrap_util_port
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+# oneDNN's weight cache. TensorFlow's oneDNN matmul and convolution kernels reorder a weight
+# that is a graph constant once into the layout of the fastest kernel (AMX / AVX-512 blocked
+# layouts) and keep the reordered copy; a weight read from a variable is used in its plain
+# layout, or reordered again on every call. This variable makes every kernel treat its weights
+# as constant: the frozen export's kernels with the weights as variables (same outputs, bit for
+# bit, measured on the bfloat16 ViT-B/16 export), at the variables export's memory plus one
+# reordered copy. It is read once per process (at the first oneDNN kernel), and it is only
+# correct where no weight changes after a kernel first ran: each kernel keeps the first weights
+# it saw. Measured: after ``assign`` to the weights, or for a second model called eagerly in the
+# same process (eager kernels are shared between models), outputs were wrong by up to 0.8 on
+# logits of 2.6. So: set it for TF Serving and inference-only processes that run graphs
+# (``model.predict``, ``tf.function``), never where anything trains.
+FROZEN_WEIGHTS_VARIABLE = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
+
+
+def weights_assumed_frozen(environ=None) -> bool:
+    """Whether ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`` is set to a true value (as TensorFlow reads
+    it: ``1``/``true``, any case), i.e. whether oneDNN may keep computing with stale weights
+    after they change.
+
+    Args:
+        environ: the environment to read (default ``os.environ``).
+    """
+    import os
+    value = (os.environ if environ is None else environ).get(FROZEN_WEIGHTS_VARIABLE, "")
+    return value.strip().lower() in ("1", "true")
+
+
+_warned_training = False
+
+
+def warn_if_training_with_frozen_weights() -> None:
+    """Logs once per process that training under ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`` computes
+    with the weights of the first step (called by the layers when traced for training)."""
+    global _warned_training
+    if _warned_training or not weights_assumed_frozen():
+        return
+    _warned_training = True
+    import logging
+    logging.getLogger("keras_vit").warning(
+        "%s is set: oneDNN keeps the first weights each kernel saw, so training in this "
+        "process computes with stale weights; unset it (it is for serving only)",
+        FROZEN_WEIGHTS_VARIABLE)

@@ -229,6 +229,11 @@ def train(config: RunConfig, strategy, resume: bool = False, source: DataSource 
     Returns ``{"metrics": ..., "model": ..., "source": ...}``; the metrics are those written
     to ``metrics.json``. The global dtype policy is restored afterwards.
     """
+    from keras_vit.runtime import FROZEN_WEIGHTS_VARIABLE, weights_assumed_frozen
+    if weights_assumed_frozen():
+        raise TrainingError(f"{FROZEN_WEIGHTS_VARIABLE} is set in the environment: oneDNN "
+                            "would keep computing with the weights of the first step; unset "
+                            "it for training (it is for serving only)")
     previous_policy = keras.config.dtype_policy()
     try:
         return _train(config, strategy, resume, source, verbose)

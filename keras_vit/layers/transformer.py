@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vit.runtime import warn_if_training_with_frozen_weights
+
 
 def layer_norm(x, gamma, beta, epsilon, float32_statistics: bool = True):
     """LayerNorm over the last axis, result in ``x``'s dtype.
@@ -182,6 +184,8 @@ class TransformerBlock(keras.layers.Layer):
         return branch * mask
 
     def call(self, x, training=None):
+        if training is True:  # traced for training: oneDNN must not cache the weights
+            warn_if_training_with_frozen_weights()
         dim, heads = self.hidden_size, self.num_heads
         head_dim = dim // heads
         dtype = self.compute_dtype

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_python
@@ -49,3 +50,27 @@ def test_cli_prints_no_cuda_error_on_a_cpu_machine(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "top-1 0.1" in result.stdout  # zero head: chance on the 10 digits
     assert "cuInit" not in result.stderr and "CUDA error" not in result.stderr
+
+
+def test_training_a_model_under_the_onednn_weight_cache_warns_once(monkeypatch, caplog):
+    import keras_vit
+    from keras_vit import runtime
+    from tests.conftest import TINY, random_images
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = random_images(4), np.zeros(4, "int32")
+    monkeypatch.setattr(runtime, "_warned_training", False)
+    model.predict(x, verbose=0)  # inference is what the setting is for: no warning
+    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS" not in caplog.text
+    monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
+    model.fit(x, y, epochs=1, verbose=0)
+    assert caplog.text.count("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set") == 1
+    model.fit(x, y, epochs=1, verbose=0)
+    assert caplog.text.count("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set") == 1
+
+
+@pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("True", True),
+                                            ("0", False), ("", False), ("false", False)])
+def test_weights_assumed_frozen_reads_the_variable_as_tensorflow_does(value, expected):
+    from keras_vit.runtime import weights_assumed_frozen
+    assert weights_assumed_frozen({"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": value}) is expected

@@ -105,3 +105,13 @@ def test_folder_with_a_corrupt_image_is_refused_naming_the_file(tmp_path, capsys
     error = _error(capsys, [*TINY_RUN, "--batch-size", "2", "--dataset", f"folder:{root}",
                             "--output", str(tmp_path / "run")])
     assert f"{root / 'b' / 'broken.png'} is not a readable image" in error
+
+
+def test_training_refuses_the_onednn_weight_cache(tmp_path, capsys, monkeypatch):
+    # The serving setting makes oneDNN keep the first weights each kernel saw: a run would
+    # compute every step with stale weights (see tests/export/test_onednn_weight_cache.py).
+    monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
+    out = tmp_path / "run"
+    error = _error(capsys, [*TINY_RUN, "--output", str(out)])
+    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set" in error and "unset it" in error
+    assert not out.exists()
