@@ -22,7 +22,8 @@ Training, ViT-S/16 batch 32 (images/s): the keras-vit trainer's step
 clipping), float32 and bfloat16 (Keras ``mixed_bfloat16``, torch autocast). Ceilings: each
 framework's fused matmul + bias + GELU on ViT-B/16's MLP shapes (GFLOP/s).
 
-Every setting runs in its own process (its peak resident memory is reported); the settings
+Every setting runs in its own process (its peak resident memory is reported, and "start s":
+how long it took to import its framework and build the model or load the SavedModel); the settings
 of one model and dtype are interleaved call by call after a warm-up, and the median is
 reported, so that drift of the shared machine hits them alike. A setting whose call would
 take longer than ``--max-call-seconds`` is measured once (marked ``~``) or skipped. Prints

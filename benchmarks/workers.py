@@ -356,7 +356,7 @@ def main(spec):
         reply({"paths": export_versions(spec)})
         return
     started = time.perf_counter()
-    worker = WORKERS[spec["kind"]](spec)  # builds the model / loads the SavedModel
+    worker = WORKERS[spec["kind"]](spec)  # imports its framework, builds / loads the model
     start_s = time.perf_counter() - started
     measured = getattr(worker, "measured", lambda elapsed: elapsed)
     onednn = None

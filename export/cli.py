@@ -42,8 +42,10 @@ def add_export_arguments(parser):
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--frozen", action="store_true",
-                        help="fast CPU serving graph: weights as constants, LayerNorm and "
-                             "attention scale folded (see README, Performance)")
+                        help="weights as graph constants (LayerNorm and attention scale "
+                             "folded): oneDNN's constant-weight kernels without setting "
+                             "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 on the server, at 4-5x its "
+                             "memory (README, Deploy with TF Serving)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="dtype the exported weights are stored and computed in")
     parser.add_argument("--max-pixels", type=positive_int, default=None,
