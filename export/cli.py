@@ -207,6 +207,8 @@ def run_predict(args) -> int:
 
 
 def main(argv=None) -> int:
+    from keras_vit.runtime import drop_frozen_weights_setting
+    drop_frozen_weights_setting("python -m export")  # before any model runs
     parser = argparse.ArgumentParser(prog="python -m export")
     sub = parser.add_subparsers(dest="command", required=True)
     add_export_arguments(sub.add_parser("export", help="write a TF Serving version, or a "

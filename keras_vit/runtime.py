@@ -37,10 +37,11 @@ def onednn_enabled() -> bool:
 # bit, measured on the bfloat16 ViT-B/16 export), at the variables export's memory plus one
 # reordered copy. It is read once per process (at the first oneDNN kernel), and it is only
 # correct where no weight changes after a kernel first ran: each kernel keeps the first weights
-# it saw. Measured: after ``assign`` to the weights, or for a second model called eagerly in the
-# same process (eager kernels are shared between models), outputs were wrong by up to 0.8 on
-# logits of 2.6. So: set it for TF Serving and inference-only processes that run graphs
-# (``model.predict``, ``tf.function``), never where anything trains.
+# it saw. Measured: after ``assign`` to the weights, for a second model called eagerly in the
+# same process (eager kernels are shared between models; wrong by up to 0.8 on logits of 2.6),
+# and for one hybrid model called eagerly (its repeated convolutions share a kernel; 2% off).
+# So: set it for TF Serving and inference-only processes that run graphs (``model.predict``,
+# ``tf.function``), never where anything trains or runs eagerly.
 FROZEN_WEIGHTS_VARIABLE = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 
 
@@ -55,6 +56,33 @@ def weights_assumed_frozen(environ=None) -> bool:
     import os
     value = (os.environ if environ is None else environ).get(FROZEN_WEIGHTS_VARIABLE, "")
     return value.strip().lower() in ("1", "true")
+
+
+def drop_frozen_weights_setting(prog: str, environ=None) -> bool:
+    """Removes ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`` from the environment (saying so on stderr
+    when it was on), so that this process's oneDNN kernels use the weights they are given.
+    Effective only before the first oneDNN kernel has run (TensorFlow reads the variable then,
+    once). The ``keras-vit`` and ``python -m export`` commands call it at their start: they
+    train, or call Keras models eagerly, where the setting gives wrong results (a hybrid
+    model's repeated convolutions share one eager kernel).
+
+    Args:
+        prog: the command's name, for the message.
+        environ: the environment (default ``os.environ``).
+
+    Returns:
+        Whether the setting was on.
+    """
+    import os
+    import sys
+    environ = os.environ if environ is None else environ
+    was_on = weights_assumed_frozen(environ)
+    environ.pop(FROZEN_WEIGHTS_VARIABLE, None)
+    if was_on:
+        print(f"{prog}: ignoring {FROZEN_WEIGHTS_VARIABLE}=1 in this process (a setting for TF "
+              "Serving; this command trains or calls Keras models eagerly, where it computes "
+              "with stale weights)", file=sys.stderr)
+    return was_on
 
 
 _warned_training = False

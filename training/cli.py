@@ -230,6 +230,8 @@ def set_runtime_defaults(environ=os.environ) -> None:
 
 def main(argv=None) -> int:
     set_runtime_defaults()
+    from keras_vit.runtime import drop_frozen_weights_setting
+    drop_frozen_weights_setting("keras-vit")  # before any model runs: TensorFlow reads it once
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("export", "predict"):

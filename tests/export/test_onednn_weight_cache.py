@@ -105,3 +105,25 @@ def test_served_variables_exports_are_right_under_the_weight_cache(tmp_path):
     for request in expected:  # the float32 export computes the same with and without it
         np.testing.assert_allclose(cached["float32"][request], plain["float32"][request],
                                    atol=1e-6)
+
+
+def test_keras_vit_predict_ignores_the_setting_it_would_get_wrong(tmp_path):
+    # A hybrid's ResNet stage repeats convolutions of one shape; called eagerly they share one
+    # kernel, which under the setting keeps the first convolution's weights.
+    import tensorflow as tf
+    model = perturb(keras_vit.ViT(image_size=64, num_classes=5, patch_size=1, hidden_size=32,
+                                  mlp_size=64, num_heads=4, num_layers=1, resnet_stages=(3, 3),
+                                  name="hybrid"), scale=0.2)
+    path = str(tmp_path / "hybrid.keras")
+    model.save(path)
+    image = random_images(1, 64, 64)[0].astype("uint8")
+    png = tmp_path / "x.png"
+    png.write_bytes(tf.io.encode_png(image).numpy())
+    want = class_probabilities(model, image[None].astype("float32"))[0]
+    env = {"TF_ENABLE_ONEDNN_OPTS": "1", FROZEN_WEIGHTS_VARIABLE: "1"}
+    out = run_python("import sys\nfrom training.cli import main\n"
+                     f"sys.exit(main(['predict', {path!r}, {str(png)!r}, '--json']))", env=env)
+    row = json.loads(out)["predictions"][0]
+    got = np.zeros(5)
+    got[row["classes"]] = row["probabilities"]
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -107,11 +107,24 @@ def test_folder_with_a_corrupt_image_is_refused_naming_the_file(tmp_path, capsys
     assert f"{root / 'b' / 'broken.png'} is not a readable image" in error
 
 
-def test_training_refuses_the_onednn_weight_cache(tmp_path, capsys, monkeypatch):
+def test_the_cli_drops_the_onednn_weight_cache_and_says_so(tmp_path, capsys, monkeypatch):
     # The serving setting makes oneDNN keep the first weights each kernel saw: a run would
     # compute every step with stale weights (see tests/export/test_onednn_weight_cache.py).
+    # The command removes it before any model runs (its effect in a fresh process: the
+    # predict test in tests/export/test_onednn_weight_cache.py).
+    monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
+    assert main(["train", *TINY_RUN, "--output", str(tmp_path / "run"), "--no-export"]) == 0
+    err = capsys.readouterr().err
+    assert "keras-vit: ignoring TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1" in err
+    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS" not in os.environ
+
+
+def test_training_refuses_the_onednn_weight_cache(tmp_path, monkeypatch):
+    from training.recipes import RECIPES
+    from training.trainer import RunConfig, TrainingError, train
     monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
     out = tmp_path / "run"
-    error = _error(capsys, [*TINY_RUN, "--output", str(out)])
-    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set" in error and "unset it" in error
+    recipe = RECIPES["demo"].replace(image_size=16, batch_size=16, steps=2, warmup_steps=1)
+    with pytest.raises(TrainingError, match="TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set.*unset it"):
+        train(RunConfig(recipe=recipe, output=str(out)), tf.distribute.get_strategy())
     assert not out.exists()
