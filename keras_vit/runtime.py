@@ -1,4 +1,5 @@
-"""TensorFlow's oneDNN setting, which keras_vit's CPU speed depends on.
+"""TensorFlow's oneDNN settings, which keras_vit's CPU speed depends on: oneDNN itself
+(``TF_ENABLE_ONEDNN_OPTS``) and its weight cache (``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS``, below).
 
 TensorFlow turns its oneDNN optimisations on by default only on CPUs with AVX512-VNNI,
 AVX512-BF16 or AMX. Without them (e.g. AVX2-only x86 such as many AMD EPYC parts) it runs
@@ -8,13 +9,17 @@ Performance).
 
 TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it is imported (checked: setting it
 after ``import tensorflow`` and before any op changes nothing), and importing keras_vit
-imports TensorFlow. So no keras_vit call can switch it on, and keras_vit changes no
-environment variable: set ``TF_ENABLE_ONEDNN_OPTS=1`` in the environment, or in
+imports TensorFlow. So no keras_vit call can switch it on, and importing keras_vit changes
+no environment variable: set ``TF_ENABLE_ONEDNN_OPTS=1`` in the environment, or in
 ``os.environ`` before the first ``import keras`` / ``tensorflow`` / ``keras_vit``. The
 ``keras-vit`` command does that itself (``training.cli.set_runtime_defaults``).
 :func:`onednn_enabled` tells whether it took effect.
 """
 from __future__ import annotations
+
+import logging
+import os
+import sys
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
@@ -53,7 +58,6 @@ def weights_assumed_frozen(environ=None) -> bool:
     Args:
         environ: the environment to read (default ``os.environ``).
     """
-    import os
     value = (os.environ if environ is None else environ).get(FROZEN_WEIGHTS_VARIABLE, "")
     return value.strip().lower() in ("1", "true")
 
@@ -73,8 +77,6 @@ def drop_frozen_weights_setting(prog: str, environ=None) -> bool:
     Returns:
         Whether the setting was on.
     """
-    import os
-    import sys
     environ = os.environ if environ is None else environ
     was_on = weights_assumed_frozen(environ)
     environ.pop(FROZEN_WEIGHTS_VARIABLE, None)
@@ -95,7 +97,6 @@ def warn_if_training_with_frozen_weights() -> None:
     if _warned_training or not weights_assumed_frozen():
         return
     _warned_training = True
-    import logging
     logging.getLogger("keras_vit").warning(
         "%s is set: oneDNN keeps the first weights each kernel saw, so training in this "
         "process computes with stale weights; unset it (it is for serving only)",
