@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 from typing import Optional
@@ -177,6 +178,42 @@ def _exists(path: str) -> ExportError:
                        "path")
 
 
+def _staging_prefix() -> str:
+    """Names a staging file after this host and process, so that a later export can tell an
+    abandoned one (its process gone) from one being written."""
+    return f".tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_abandoned_staging(directory: str, suffix: str) -> list:
+    """Removes the staging files in ``directory`` left by exports on this host whose process
+    is gone (killed before it could clean up); returns their names. Files of live processes
+    and of other hosts (a shared filesystem) are left alone."""
+    host = f".tmp-{socket.gethostname()}-"
+    removed = []
+    for name in os.listdir(directory):
+        if not (name.startswith(host) and name.endswith(suffix)):
+            continue
+        pid = name[len(host):].split("-", 1)[0]
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except FileNotFoundError:  # another export removed it first
+            pass
+    return removed
+
+
 def _missing_directories(directory: str) -> list:
     """``directory`` and those of its parents that do not exist yet, deepest first."""
     missing = []
@@ -202,8 +239,9 @@ def export_file(model: keras.Model, path: str, fmt: str, quantization: Optional[
     directory = os.path.dirname(os.path.abspath(path))
     created = _missing_directories(directory)
     os.makedirs(directory, exist_ok=True)
+    remove_abandoned_staging(directory, SUFFIXES[fmt])
     wrapper = probability_model(model)
-    fd, staged = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIXES[fmt], dir=directory)
+    fd, staged = tempfile.mkstemp(prefix=_staging_prefix(), suffix=SUFFIXES[fmt], dir=directory)
     os.close(fd)
     published = False
     try:

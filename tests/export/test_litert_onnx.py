@@ -183,6 +183,24 @@ def test_without_hard_links_the_file_is_published_and_never_overwrites(model, tm
     assert sorted(os.listdir(tmp_path)) == ["m.tflite", "theirs.tflite"]
 
 
+def test_staging_files_of_a_killed_export_are_removed_by_the_next(model, tmp_path):
+    """kill -9 during a file export leaves its hidden staging file; the next export into the
+    directory removes it, and leaves those of live exports and of other hosts."""
+    import socket
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    abandoned = tmp_path / f".tmp-{host}-{dead.pid}-k9x.tflite"
+    writing = tmp_path / f".tmp-{host}-{os.getpid()}-l1v.tflite"
+    elsewhere = tmp_path / f".tmp-{host}x-{dead.pid}-0th.tflite"
+    for path in (abandoned, writing, elsewhere):
+        path.write_bytes(b"part of a model")
+    export_litert(model, str(tmp_path / "m.tflite"))
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.tflite", writing.name, elsewhere.name])
+
+
 def _someone_writes_after_the_conversion(monkeypatch, target):
     """Another process creates ``target`` between the early check and the publishing."""
     import export.portable
