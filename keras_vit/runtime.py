@@ -79,9 +79,9 @@ def drop_frozen_weights_setting(prog: str, environ=None) -> bool:
     """
     environ = os.environ if environ is None else environ
     was_on = weights_assumed_frozen(environ)
-    environ.pop(FROZEN_WEIGHTS_VARIABLE, None)
+    value = environ.pop(FROZEN_WEIGHTS_VARIABLE, None)
     if was_on:
-        print(f"{prog}: ignoring {FROZEN_WEIGHTS_VARIABLE}=1 in this process (a setting for TF "
+        print(f"{prog}: ignoring {FROZEN_WEIGHTS_VARIABLE}={value} in this process (a setting for TF "
               "Serving; this command trains or calls Keras models eagerly, where it computes "
               "with stale weights)", file=sys.stderr)
     return was_on
