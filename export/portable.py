@@ -11,6 +11,7 @@ existing file is kept unless ``overwrite``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -189,27 +190,33 @@ def _process_exists(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process
+    except (PermissionError, OverflowError):  # someone else's process; not a pid at all
         return True
     return True
 
 
 def remove_abandoned_staging(directory: str, suffix: str) -> list:
     """Removes the staging files in ``directory`` left by exports on this host whose process
-    is gone (killed before it could clean up); returns their names. Files of live processes
-    and of other hosts (a shared filesystem) are left alone."""
-    host = f".tmp-{socket.gethostname()}-"
+    is gone (killed before it could clean up); returns their names. Only names exactly of the
+    form :func:`_staging_prefix` + ``tempfile``'s 8 characters + ``suffix`` are touched, so
+    files of live processes, of other hosts (a shared filesystem; a host name may contain
+    ``-``) and anything else are left alone; a directory that cannot be listed, or a file
+    that cannot be removed, is left as it is and the export goes on."""
+    pattern = re.compile(rf"\.tmp-{re.escape(socket.gethostname())}-([0-9]{{1,10}})-"
+                         rf"[a-z0-9_]{{8}}{re.escape(suffix)}", re.ASCII)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
     removed = []
-    for name in os.listdir(directory):
-        if not (name.startswith(host) and name.endswith(suffix)):
-            continue
-        pid = name[len(host):].split("-", 1)[0]
-        if not pid.isdigit() or _process_exists(int(pid)):
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or _process_exists(int(match.group(1))):
             continue
         try:
             os.unlink(os.path.join(directory, name))
             removed.append(name)
-        except FileNotFoundError:  # another export removed it first
+        except OSError:  # removed by another export first, or not ours to remove
             pass
     return removed
 

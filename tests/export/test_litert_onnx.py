@@ -192,13 +192,43 @@ def test_staging_files_of_a_killed_export_are_removed_by_the_next(model, tmp_pat
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = socket.gethostname()
-    abandoned = tmp_path / f".tmp-{host}-{dead.pid}-k9x.tflite"
-    writing = tmp_path / f".tmp-{host}-{os.getpid()}-l1v.tflite"
-    elsewhere = tmp_path / f".tmp-{host}x-{dead.pid}-0th.tflite"
-    for path in (abandoned, writing, elsewhere):
-        path.write_bytes(b"part of a model")
+    abandoned = f".tmp-{host}-{dead.pid}-k9xq_2ab.tflite"
+    kept = [f".tmp-{host}-{os.getpid()}-l1vexpo_.tflite",  # a live export
+            f".tmp-{host}x-{dead.pid}-0th3rhst.tflite",  # another host
+            f".tmp-{host}-{dead.pid}-424242-abcdefgh.tflite",  # host "<ours>-<pid>"
+            f".tmp-{host}-{dead.pid}-k9xq_2ab.onnx",  # another format's export
+            f".tmp-{host}-99999999999999999999-abcdefgh.tflite",  # not a pid
+            f".tmp-{host}-\u00b2-abcdefgh.tflite",  # a digit only to str.isdigit
+            "notes.tflite"]
+    for name in (abandoned, *kept):
+        (tmp_path / name).write_bytes(b"part of a model")
     export_litert(model, str(tmp_path / "m.tflite"))
-    assert sorted(os.listdir(tmp_path)) == sorted(["m.tflite", writing.name, elsewhere.name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.tflite", *kept])
+
+
+def test_abandoned_staging_that_cannot_be_removed_does_not_stop_the_export(model, tmp_path,
+                                                                          monkeypatch):
+    import export.portable
+    not_a_directory = tmp_path / "a.tflite"
+    not_a_directory.write_bytes(b"")  # listing it fails (an OSError, as for no permission)
+    assert export.portable.remove_abandoned_staging(str(not_a_directory), ".tflite") == []
+
+    def not_permitted(path, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", path)
+
+    import socket
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    theirs = tmp_path / f".tmp-{socket.gethostname()}-{dead.pid}-abcdefgh.tflite"
+    theirs.write_bytes(b"someone else's, in a sticky directory")
+    real_unlink = os.unlink
+    monkeypatch.setattr(export.portable.os, "unlink",
+                        lambda path, *args, **kwargs: not_permitted(path)
+                        if path == str(theirs) else real_unlink(path, *args, **kwargs))
+    export_litert(model, str(tmp_path / "b.tflite"))
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.tflite", "b.tflite", theirs.name])
 
 
 def _someone_writes_after_the_conversion(monkeypatch, target):
