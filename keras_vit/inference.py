@@ -8,6 +8,7 @@ import numpy as np
 
 from keras_vit.layers.transformer import TransformerBlock, fold_block_weights
 from keras_vit.model_ops import rebuild
+from keras_vit.runtime import weights_assumed_frozen
 
 # Layers that stay float32 under every policy (the model's outputs are float32).
 FLOAT32_LAYERS = ("head", "features")
@@ -64,7 +65,9 @@ def inference_model(model: keras.Model, dtype: str = "float32", fold: bool = Tru
 def class_probabilities(model: keras.Model, images) -> np.ndarray:
     """Softmax of ``model``'s logits for ``images`` (raw pixels at its resolution), computed
     in float64 with numpy from the model's float32 logits, without dropout: the reference
-    that predictions, exported files and figures are compared with.
+    that predictions, exported files and figures are compared with. Under
+    ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`` the model runs as a graph (``predict``), since
+    eager kernels shared between models would keep another model's weights.
 
     Args:
         model: a keras_vit classifier (logits out).
@@ -73,6 +76,9 @@ def class_probabilities(model: keras.Model, images) -> np.ndarray:
     Returns:
         A float64 array of shape (batch, classes) whose rows sum to 1.
     """
-    logits = np.asarray(model(images, training=False), np.float64)
+    if weights_assumed_frozen():  # eager kernels would keep another model's cached weights
+        logits = np.asarray(model.predict(images, verbose=0), np.float64)
+    else:
+        logits = np.asarray(model(images, training=False), np.float64)
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)

@@ -50,16 +50,21 @@ def onednn_enabled() -> bool:
 FROZEN_WEIGHTS_VARIABLE = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 
 
+# The values TensorFlow accepts (``ReadBoolFromEnvVar``: exactly these, any case); any other
+# value aborts the process at the first oneDNN kernel ("Failed to parse the env-var").
+_TRUE, _FALSE = ("1", "true"), ("0", "false")
+
+
 def weights_assumed_frozen(environ=None) -> bool:
-    """Whether ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`` is set to a true value (as TensorFlow reads
-    it: ``1``/``true``, any case), i.e. whether oneDNN may keep computing with stale weights
-    after they change.
+    """Whether ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`` is set to a true value as TensorFlow reads
+    it (``1`` or ``true``, any case, nothing around it), i.e. whether oneDNN may keep
+    computing with stale weights after they change.
 
     Args:
         environ: the environment to read (default ``os.environ``).
     """
     value = (os.environ if environ is None else environ).get(FROZEN_WEIGHTS_VARIABLE, "")
-    return value.strip().lower() in ("1", "true")
+    return value.lower() in _TRUE
 
 
 def drop_frozen_weights_setting(prog: str, environ=None) -> bool:
@@ -81,9 +86,13 @@ def drop_frozen_weights_setting(prog: str, environ=None) -> bool:
     was_on = weights_assumed_frozen(environ)
     value = environ.pop(FROZEN_WEIGHTS_VARIABLE, None)
     if was_on:
-        print(f"{prog}: ignoring {FROZEN_WEIGHTS_VARIABLE}={value} in this process (a setting for TF "
-              "Serving; this command trains or calls Keras models eagerly, where it computes "
-              "with stale weights)", file=sys.stderr)
+        print(f"{prog}: ignoring {FROZEN_WEIGHTS_VARIABLE}={value} in this process (a setting "
+              "for TF Serving; this command trains or calls Keras models eagerly, where it "
+              "computes with stale weights)", file=sys.stderr)
+    elif value is not None and value.lower() not in _FALSE:
+        print(f"{prog}: ignoring {FROZEN_WEIGHTS_VARIABLE}={value!r}: TensorFlow accepts only "
+              "1, true, 0 or false and aborts on anything else (a server started with it "
+              "would too)", file=sys.stderr)
     return was_on
 
 

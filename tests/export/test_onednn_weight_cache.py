@@ -57,6 +57,9 @@ first(x, training=False)
 eager = second(x, training=False).numpy()
 graph = second.predict(x, verbose=0)
 answers["eager_vs_graph"] = float(np.abs(eager - graph).max())
+answers["graph"] = graph.tolist()
+from keras_vit.inference import class_probabilities
+answers["reference"] = class_probabilities(second, x).tolist()
 print("@@" + json.dumps(answers))
 """
 
@@ -102,6 +105,9 @@ def test_served_variables_exports_are_right_under_the_weight_cache(tmp_path):
 
     plain = _serve(paths, jpegs, cache=False)
     assert plain["eager_vs_graph"] < 1e-5  # without the cache eager and graph agree
+    # Under the cache graphs are right, and so is the reference every check compares with.
+    np.testing.assert_allclose(cached["graph"], plain["graph"], atol=1e-5)
+    np.testing.assert_allclose(cached["reference"], plain["reference"], atol=1e-6)
     for request in expected:  # the float32 export computes the same with and without it
         np.testing.assert_allclose(cached["float32"][request], plain["float32"][request],
                                    atol=1e-6)

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_python
@@ -52,25 +51,45 @@ def test_cli_prints_no_cuda_error_on_a_cpu_machine(tmp_path):
     assert "cuInit" not in result.stderr and "CUDA error" not in result.stderr
 
 
-def test_training_a_model_under_the_onednn_weight_cache_warns_once(monkeypatch, caplog):
-    import keras_vit
-    from keras_vit import runtime
-    from tests.conftest import TINY, random_images
-    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
-    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    x, y = random_images(4), np.zeros(4, "int32")
-    monkeypatch.setattr(runtime, "_warned_training", False)
-    model.predict(x, verbose=0)  # inference is what the setting is for: no warning
-    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS" not in caplog.text
-    monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
-    model.fit(x, y, epochs=1, verbose=0)
-    assert caplog.text.count("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set") == 1
-    model.fit(x, y, epochs=1, verbose=0)
-    assert caplog.text.count("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set") == 1
+def test_training_a_model_under_the_onednn_weight_cache_warns_once():
+    # In a fresh process: TensorFlow latches the variable at its first oneDNN kernel, and the
+    # setting must not leak into this test process.
+    out = run_python(
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
+        "import numpy as np, keras_vit\n"
+        "from tests.conftest import TINY, random_images\n"
+        "model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)\n"
+        "model.compile(optimizer='sgd', loss='sparse_categorical_crossentropy')\n"
+        "x, y = random_images(4), np.zeros(4, 'int32')\n"
+        "model.predict(x, verbose=0)\n"
+        "print('@@ predicted')\n"
+        "model.fit(x, y, epochs=1, verbose=0)\n"
+        "model.fit(x, y, epochs=1, verbose=0)\n"
+        "print('@@ fitted twice')\n",
+        env={"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"})
+    before, _, after = out.partition("@@ predicted")
+    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS" not in before  # inference: no warning
+    assert after.count("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set") == 1
+    assert "@@ fitted twice" in after
 
 
 @pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("True", True),
-                                            ("0", False), ("", False), ("false", False)])
+                                            ("0", False), ("", False), ("false", False),
+                                            (" 1", False), ("yes", False), ("2", False)])
 def test_weights_assumed_frozen_reads_the_variable_as_tensorflow_does(value, expected):
     from keras_vit.runtime import weights_assumed_frozen
     assert weights_assumed_frozen({"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": value}) is expected
+
+
+@pytest.mark.parametrize("value,note", [
+    ("1", "ignoring TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 in this process"),
+    ("yes", "ignoring TF_ONEDNN_ASSUME_FROZEN_WEIGHTS='yes': TensorFlow accepts only"),
+    ("0", None)])
+def test_the_commands_drop_the_weight_cache_setting_and_say_why(capsys, value, note):
+    from keras_vit.runtime import drop_frozen_weights_setting
+    environ = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": value, "HOME": "/root"}
+    assert drop_frozen_weights_setting("keras-vit", environ) is (value == "1")
+    assert environ == {"HOME": "/root"}
+    err = capsys.readouterr().err
+    assert (note in err) if note else err == ""
