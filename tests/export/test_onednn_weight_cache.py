@@ -14,6 +14,7 @@ to servers and graph-only inference, and why training refuses it).
 import json
 
 import numpy as np
+import pytest
 
 import keras_vit
 from export import export_saved_model
@@ -113,9 +114,11 @@ def test_served_variables_exports_are_right_under_the_weight_cache(tmp_path):
                                    atol=1e-6)
 
 
-def test_keras_vit_predict_ignores_the_setting_it_would_get_wrong(tmp_path):
+@pytest.mark.parametrize("command", ["training.cli", "export.cli"])  # keras-vit, python -m export
+def test_the_commands_run_without_the_setting(tmp_path, command):
     # A hybrid's ResNet stage repeats convolutions of one shape; called eagerly they share one
-    # kernel, which under the setting keeps the first convolution's weights.
+    # kernel, which under the setting keeps the first convolution's weights. The command drops
+    # the setting before TensorFlow reads it, so in its process even eager calls are right.
     import tensorflow as tf
     model = perturb(keras_vit.ViT(image_size=64, num_classes=5, patch_size=1, hidden_size=32,
                                   mlp_size=64, num_heads=4, num_layers=1, resnet_stages=(3, 3),
@@ -127,9 +130,18 @@ def test_keras_vit_predict_ignores_the_setting_it_would_get_wrong(tmp_path):
     png.write_bytes(tf.io.encode_png(image).numpy())
     want = class_probabilities(model, image[None].astype("float32"))[0]
     env = {"TF_ENABLE_ONEDNN_OPTS": "1", FROZEN_WEIGHTS_VARIABLE: "1"}
-    out = run_python("import sys\nfrom training.cli import main\n"
-                     f"sys.exit(main(['predict', {path!r}, {str(png)!r}, '--json']))", env=env)
-    row = json.loads(out)["predictions"][0]
+    out = run_python(
+        f"import json, os, sys, keras\nfrom {command} import main\n"
+        f"rc = main(['predict', {path!r}, {str(png)!r}, '--json'])\n"
+        "from tests.conftest import random_images\n"
+        f"model, x = keras.saving.load_model({path!r}), random_images(2, 64, 64)\n"
+        "eager, graph = model(x, training=False).numpy(), model.predict(x, verbose=0)\n"
+        "print('@@' + json.dumps({'rc': rc, 'left': 'TF_ONEDNN_ASSUME_FROZEN_WEIGHTS' in "
+        "os.environ, 'eager_vs_graph': float(abs(eager - graph).max())}))", env=env)
+    printed, _, checks = out.partition("@@")
+    assert json.loads(checks) == {"rc": 0, "left": False, "eager_vs_graph": pytest.approx(
+        0, abs=1e-6)}
+    row = json.loads(printed)["predictions"][0]
     got = np.zeros(5)
     got[row["classes"]] = row["probabilities"]
     np.testing.assert_allclose(got, want, atol=1e-6)
