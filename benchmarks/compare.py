@@ -318,25 +318,15 @@ def report(args, inference, training, ceilings):
 
 
 def machine():
-    flags, family, model = set(), None, None
-    name = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            key, value = key.strip(), value.strip()
-            if key == "flags":
-                flags = set(value.split())
-            elif key == "model name":
-                name = value
-            elif key == "cpu family":
-                family = value
-            elif key == "model":
-                model = value
-    if family is not None:  # "AMD EPYC" alone does not say which generation
-        name += f" (family {family}, model {model})"
+    from keras_vit.runtime import cpu_description  # the one reader of /proc/cpuinfo
+    info = cpu_description()
+    name = info["name"]
+    if info["family"] is not None:  # "AMD EPYC" alone does not say which generation
+        name += f" (family {info['family']}, model {info['model']})"
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
     return {"cpu": name, "cores": os.cpu_count(),
-            "isa": [f for f in wanted if f in flags], "python": platform.python_version()}
+            "isa": [f for f in wanted if f in info["flags"]],
+            "python": platform.python_version()}
 
 
 def main():

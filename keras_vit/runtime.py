@@ -34,6 +34,68 @@ def onednn_enabled() -> bool:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+# The x86 features that decide what TensorFlow's oneDNN path does with bfloat16 (names as
+# Linux's /proc/cpuinfo spells them).
+REPORTED_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
+                      "amx_bf16", "avx_ne_convert")
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """This machine's CPU as Linux reports it: ``{"name", "family", "model", "flags"}``.
+
+    Families matter: "AMD EPYC" alone spans Zen 1 (AVX2 only) to Zen 5 (AVX-512 BF16). On a
+    system without ``/proc/cpuinfo`` the flags are empty and the name is the platform's.
+
+    Args:
+        cpuinfo: the file to read (a test passes another).
+    """
+    import platform
+    info = {"name": platform.processor() or platform.machine(), "family": None,
+            "model": None, "flags": frozenset()}
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "flags":
+                    info["flags"] = frozenset(value.split())
+                    break  # the first processor's block is complete here
+                if key in ("model name", "cpu family", "model"):
+                    info[{"model name": "name", "cpu family": "family"}.get(key, key)] = value
+    except OSError:
+        pass
+    return info
+
+
+def onednn_bfloat16_native(flags=None) -> bool:
+    """Whether TensorFlow's oneDNN path computes bfloat16 on this CPU, by TensorFlow's own rule
+    (``IsDataTypeSupportedByOneDNNOnThisCPU`` in ``tensorflow/core/util/util.cc``: AVX-512F or
+    AVX-NE-CONVERT). Where it does, oneDNN's graph rewrite fuses bfloat16 matmuls and
+    convolutions with their bias adds and GELU as in float32; elsewhere (AVX2-only CPUs such
+    as AMD Zen 1-3) bfloat16 ops run as TensorFlow's unfused Eigen kernels, slower than
+    float32.
+
+    Args:
+        flags: the CPU's feature flags (default: this machine's, :func:`cpu_description`).
+    """
+    flags = cpu_description()["flags"] if flags is None else set(flags)
+    return "avx512f" in flags or "avx_ne_convert" in flags
+
+
+def describe_cpu(info=None) -> str:
+    """One line naming the CPU, its bfloat16-relevant features and what oneDNN does with
+    bfloat16 here (printed at the top of the test suite and of benchmark results)."""
+    info = cpu_description() if info is None else info
+    name = info["name"]
+    if info["family"] is not None:
+        name += f" (family {info['family']}, model {info['model']})"
+    present = [f for f in REPORTED_CPU_FLAGS if f in info["flags"]]
+    absent = [f for f in REPORTED_CPU_FLAGS if f not in info["flags"]]
+    native = "yes" if onednn_bfloat16_native(info["flags"]) else "no (unfused Eigen kernels)"
+    return (f"CPU: {name}, {os.cpu_count()} cores; has {' '.join(present) or 'none'}; "
+            f"lacks {' '.join(absent) or 'none'}; oneDNN bfloat16: {native}")
+
+
 # oneDNN's weight cache. TensorFlow's oneDNN matmul and convolution kernels reorder a weight
 # that is a graph constant once into the layout of the fastest kernel (AMX / AVX-512 blocked
 # layouts) and keep the reordered copy; a weight read from a variable is used in its plain

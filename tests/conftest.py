@@ -40,6 +40,15 @@ def run_python(code, timeout=600, env=None):
     return result.stdout
 
 
+def pytest_sessionstart(session):
+    """Names the CPU and the features the hardware-dependent tests decide on, at the top of
+    every run (also under ``-q``), so a CI log says what was checked."""
+    from keras_vit.runtime import describe_cpu
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(describe_cpu())
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     keras.config.set_dtype_policy("float32")

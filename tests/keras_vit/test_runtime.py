@@ -93,3 +93,45 @@ def test_the_commands_drop_the_weight_cache_setting_and_say_why(capsys, value, n
     assert environ == {"HOME": "/root"}
     err = capsys.readouterr().err
     assert (note in err) if note else err == ""
+
+
+# Feature flags as Linux's /proc/cpuinfo lists them on the CPUs this project meets.
+_ZEN1 = "fpu sse2 avx fma avx2 sha_ni"
+_ZEN4 = _ZEN1 + " avx512f avx512bw avx512_vnni avx512_bf16"
+_SKYLAKE_SERVER = "fpu sse2 avx fma avx2 avx512f avx512bw"       # AVX-512 without BF16
+_SAPPHIRE_RAPIDS = _ZEN4 + " amx_bf16 amx_tile amx_int8"
+_SIERRA_FOREST = "fpu sse2 avx fma avx2 avx_vnni avx_ne_convert"  # no AVX-512
+
+
+@pytest.mark.parametrize("flags, native", [
+    (_ZEN1, False), (_ZEN4, True), (_SKYLAKE_SERVER, True), (_SAPPHIRE_RAPIDS, True),
+    (_SIERRA_FOREST, True), ("", False)])
+def test_onednn_bfloat16_rule_is_tensorflows(flags, native):
+    """TensorFlow's rule (util.cc, IsDataTypeSupportedByOneDNNOnThisCPU): AVX-512F or
+    AVX-NE-CONVERT, not AVX512_BF16 (Skylake computes bfloat16 in oneDNN without it)."""
+    from keras_vit.runtime import onednn_bfloat16_native
+    assert onednn_bfloat16_native(flags.split()) is native
+
+
+def test_onednn_bfloat16_rule_agrees_with_tensorflow_on_this_cpu():
+    """This machine's answer equals the one TensorFlow itself gives (its pybind of the rule)."""
+    import tensorflow as tf
+    from tensorflow.python.util import _pywrap_utils
+    from keras_vit.runtime import onednn_bfloat16_native
+    assert onednn_bfloat16_native() == bool(
+        _pywrap_utils.IsDataTypeSupportedByOneDNNOnThisCPU(tf.bfloat16))
+
+
+def test_cpu_description_reads_name_family_model_and_flags(tmp_path):
+    from keras_vit.runtime import cpu_description, describe_cpu
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\n"
+                       "model\t\t: 1\nmodel name\t: AMD EPYC 7601 32-Core Processor\n"
+                       f"flags\t\t: {_ZEN1}\n\nprocessor\t: 1\nflags\t\t: {_ZEN4}\n")
+    info = cpu_description(str(cpuinfo))
+    assert (info["name"], info["family"], info["model"]) == \
+        ("AMD EPYC 7601 32-Core Processor", "23", "1")
+    assert info["flags"] == frozenset(_ZEN1.split())
+    line = describe_cpu(info)
+    assert "(family 23, model 1)" in line and "has avx2 fma;" in line
+    assert line.endswith("oneDNN bfloat16: no (unfused Eigen kernels)")
