@@ -487,3 +487,50 @@ def test_position_grid_beyond_a_vit_is_refused_before_it_is_read(tmp_path):
     assert peak < 4 << 20, f"peak {peak / 2**20:.0f} MiB while checking the checkpoint"
     _assert_unchanged(before, model)
     assert checkpoints.ARCHITECTURE_BOUNDS["position grid side"] == 256
+
+
+# ---- Keras's own files (issue 20): the same finiteness promise, corrupt files named. ----
+
+def _nan_keras_file(tmp_path, suffix):
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    gamma = model.get_layer("encoderblock_1").ln2_gamma
+    gamma.assign(np.full(gamma.shape, np.nan, np.float32))
+    path = str(tmp_path / f"nan{suffix}")
+    model.save(path) if suffix == ".keras" else model.save_weights(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_keras_weights_with_nan_are_refused_and_change_nothing(tmp_path, suffix):
+    # ViT(weights="nan.weights.h5") loaded silently and gave NaN logits.
+    path = _nan_keras_file(tmp_path, suffix)
+    with pytest.raises(checkpoints.CheckpointError, match="NaN or infinite") as info:
+        keras_vit.ViT(image_size=32, num_classes=5, weights=path, **TINY)
+    assert str(info.value).startswith(path) and "encoderblock_1/ln2_gamma" in str(info.value)
+    from keras_vit.weights import load_weights
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    before = _weights_of(model)
+    with pytest.raises(checkpoints.CheckpointError, match="no weight was changed"):
+        load_weights(model, path)
+    _assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_truncated_keras_file_is_named_corrupt(tmp_path, suffix):
+    # A truncated .keras raised zipfile.BadZipFile (ViT) or "File not found" (load_model).
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    path = str(tmp_path / f"model{suffix}")
+    model.save(path) if suffix == ".keras" else model.save_weights(path)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])
+    calls = [lambda: keras_vit.ViT(image_size=32, num_classes=5, weights=path, **TINY)]
+    if suffix == ".keras":
+        calls.append(lambda: keras_vit.weights.load_keras_model(path))
+    for call in calls:
+        with pytest.raises(checkpoints.CheckpointError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"cannot load {path}: not a readable {suffix} file (corrupt "
+                                  "or truncated?)"), message
+        assert "\n" not in message and "not found" not in message

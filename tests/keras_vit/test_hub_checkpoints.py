@@ -588,3 +588,15 @@ def test_from_transformers_checks_position_embedding_dtype_and_width_first(
     with pytest.raises(keras_vit.CheckpointError, match=error) as info:
         keras_vit.from_transformers(directory)
     assert "model.safetensors" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_json_nested_too_deeply_is_a_one_line_error(tmp_path, monkeypatch):
+    # 200,000 nested "[" were a RecursionError traceback.
+    directory = _transformers_directory(tmp_path)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        f.write("[" * 200_000)
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match="nested too deeply") as info:
+        keras_vit.from_transformers(directory)
+    message = str(info.value)
+    assert message.startswith(os.path.join(directory, "config.json")) and "\n" not in message
