@@ -10,9 +10,10 @@ from typing import Optional, Tuple
 
 import keras
 
-from keras_vit.checkpoints import (CheckpointError, check_bounds, check_dtypes,
-                                   check_position_grid, read_npz_index, read_safetensors_index,
-                                   transformers_prefix, transformers_weights_file)
+from keras_vit.checkpoints import (POS_EMBEDDING_KEY, CheckpointError, check_bounds,
+                                   check_dtypes, check_position_grid, read_npz_index,
+                                   read_safetensors_index, transformers_prefix,
+                                   transformers_weights_file)
 from keras_vit.position_embeddings import to_pair
 from keras_vit.sources import check_pooler_act, read_transformers_config, source_numerics
 
@@ -69,10 +70,10 @@ def checkpoint_architecture(path: str, image_size=None) -> dict:
     """The :func:`keras_vit.ViT` arguments that fit an original ``.npz`` checkpoint.
 
     Patch size, width, channels, heads, MLP width, depth (complete blocks), ResNet stages
-    and width, class token, pre-logits width and class count come from the array shapes;
-    dtypes, ranks and :data:`keras_vit.checkpoints.ARCHITECTURE_BOUNDS` are checked first.
-    The image size is the position-embedding grid times the pixels per token when the grid
-    is square; a non-square grid needs ``image_size``.
+    and width, class token, pre-logits width and class count come from the array shapes,
+    checked first (dtypes, ranks, :data:`keras_vit.checkpoints.ARCHITECTURE_BOUNDS`). The
+    image size is the position grid times the pixels per token when the grid is square; a
+    non-square grid needs ``image_size``.
 
     Args:
         path: an original ``.npz`` checkpoint.
@@ -93,14 +94,14 @@ def checkpoint_architecture(path: str, image_size=None) -> dict:
     if kernel[1] != patch or patch < 1:
         raise CheckpointError(f"{path}: 'embedding/kernel' of shape {kernel} gives patch size "
                               f"{kernel[:2]}; expected a square patch of at least 1 pixel")
-    block = "Transformer/encoderblock_0/"
-    query = shape(block + "MultiHeadDotProductAttention_1/query/kernel", 3)
+    query_key = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"
+    query = shape(query_key, 3)
     if query[0] != hidden or query[1] * query[2] != hidden:
-        raise CheckpointError(f"{path}: {block}MultiHeadDotProductAttention_1/query/kernel has "
-                              f"shape {query}, expected ({hidden}, heads, {hidden} / heads)")
-    args = dict(patch_size=patch, hidden_size=hidden,
-                mlp_size=shape(block + "MlpBlock_3/Dense_0/kernel", 2)[1],
-                num_heads=query[1], num_layers=_npz_depth(index, path),
+        raise CheckpointError(f"{path}: {query_key} has shape {query}, expected ({hidden}, "
+                              f"heads, {hidden} / heads)")
+    args = dict(patch_size=patch, hidden_size=hidden, num_heads=query[1],
+                mlp_size=shape("Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel", 2)[1],
+                num_layers=_npz_depth(index, path),
                 classifier="token" if "cls" in index else "gap",
                 num_classes=shape("head/bias", 1)[0])
     bounds = {"width": hidden, "MLP width": args["mlp_size"], "depth": args["num_layers"],
@@ -119,13 +120,10 @@ def checkpoint_architecture(path: str, image_size=None) -> dict:
         args["representation_size"] = shape("pre_logits/bias", 1)[0]
         bounds["width"] = max(hidden, args["representation_size"])
     check_bounds(path, bounds)
-    tokens = _check_position_embedding(
-        shape("Transformer/posembed_input/pos_embedding", 3),
-        "Transformer/posembed_input/pos_embedding", path, hidden, int("cls" in index))
-    if image_size is None:
-        image_size = _square_image_size(tokens, int("cls" in index), stride, path,
-                                        "position embeddings")
-    args["image_size"] = image_size
+    tokens = _check_position_embedding(shape(POS_EMBEDDING_KEY, 3), POS_EMBEDDING_KEY, path,
+                                       hidden, int("cls" in index))
+    args["image_size"] = image_size if image_size is not None else _square_image_size(
+        tokens, int("cls" in index), stride, path, "position embeddings")
     return args
 
 
