@@ -120,6 +120,7 @@ def checkpoint_architecture(path: str, image_size=None) -> dict:
         args["representation_size"] = shape("pre_logits/bias", 1)[0]
         bounds["width"] = max(hidden, args["representation_size"])
     check_bounds(path, bounds)
+    _check_holds_blocks(index, _BLOCK, args, path)
     tokens = _check_position_embedding(shape(POS_EMBEDDING_KEY, 3), POS_EMBEDDING_KEY, path,
                                        hidden, int("cls" in index))
     args["image_size"] = image_size if image_size is not None else _square_image_size(
@@ -202,6 +203,19 @@ def _refuse_outside(index, pattern, count, path, what):
             raise CheckpointError(f"{path}: key {key!r} is outside the file's {count} {what}")
 
 
+def _check_holds_blocks(index, pattern, args, path) -> None:
+    """A file must declare at least the values of the blocks it describes (their four
+    attention and two MLP matrices): one small key per block cannot make a deep, wide model
+    (the blocks' other shapes are only checked once a model is built)."""
+    width, mlp, depth = args["hidden_size"], args["mlp_size"], args["num_layers"]
+    needed = depth * (4 * width * width + 2 * width * mlp)
+    held = sum(math.prod(info.shape) for key, info in index.items() if pattern.match(key))
+    if held < needed:
+        raise CheckpointError(f"{path}: its blocks declare {held:,} values, but {depth} blocks "
+                              f"of width {width} and MLP width {mlp} have {needed:,} weights: "
+                              "an incomplete or hostile file?")
+
+
 def _square_image_size(tokens, prefix, stride, path, what):
     side = math.isqrt(tokens - prefix)
     if side * side != tokens - prefix:
@@ -280,6 +294,7 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
     else:
         args["channels"] = int(channels)
     check_bounds(path, bounds)
+    _check_holds_blocks(index, _TIMM_BLOCK, args, path)
     tokens = _check_position_embedding(shape("pos_embed", 3), "pos_embed", path, hidden,
                                        int(has_cls))
     if image_size is None:
@@ -428,11 +443,12 @@ def _check_config_against_tensors(args, index, cfg_path, weights) -> None:
         if not agrees:
             raise CheckpointError(f"{cfg_path}: {field} {value} does not match {weights}: "
                                   f"{found}")
-    _refuse_outside(index, re.compile(rf"^{re.escape(prefix)}encoder\.layer\.(\d+)\."),
-                    layers, weights, f"layers (counted by {counted_by})")
+    layer_key = re.compile(rf"^{re.escape(prefix)}encoder\.layer\.(\d+)\.")
+    _refuse_outside(index, layer_key, layers, weights, f"layers (counted by {counted_by})")
     check_bounds(weights, {"width": args["hidden_size"], "MLP width": args["mlp_size"],
                            "depth": layers, "patch size": args["patch_size"],
                            "channels": args["channels"]})
+    _check_holds_blocks(index, layer_key, args, weights)
     if args["hidden_size"] % args["num_heads"]:
         raise CheckpointError(f"{cfg_path}: num_attention_heads {args['num_heads']} does not "
                               f"divide hidden_size {args['hidden_size']}")

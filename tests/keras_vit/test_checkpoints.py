@@ -413,10 +413,19 @@ def _stray_unit(params):
     params["block1/unit40/junk"] = np.zeros(1, np.float32)
 
 
+def _hollow_block(params):
+    # A third "complete" block holding only its counting key: a deep, wide model from a few
+    # small keys is refused before building.
+    key = "Transformer/encoderblock_2/MultiHeadDotProductAttention_1/query/kernel"
+    params[key] = np.zeros((32, 4, 8), np.float32)
+
+
 @pytest.mark.parametrize("stages,edit,error", [
     (None, _stray_block, r"'Transformer/encoderblock_2999/junk' is outside the file's 2 blocks"),
     (None, _block_gap, r"blocks 0, 2 .*not 0\.\.1"),
     ((1, 1), _stray_unit, r"'block1/unit40/junk' is outside the file's 2 stage\(s\) of \(1, 1\)"),
+    (None, _hollow_block, r"its blocks declare 18,112 values, but 3 blocks of width 32 and MLP "
+                          r"width 64 have 24,576 weights"),
 ])
 def test_architecture_counts_complete_blocks_and_refuses_stray_keys(
         tmp_path, monkeypatch, stages, edit, error):

@@ -494,6 +494,10 @@ def _gap(tensors):
         tensors[key.replace("blocks.1.", "blocks.2.")] = tensors.pop(key)
 
 
+def _hollow(tensors):
+    tensors["blocks.2.attn.qkv.weight"] = np.zeros((96, 32), np.float32)
+
+
 def _stage(tensors):
     tensors["patch_embed.backbone.stages.6.blocks.0.x"] = np.zeros(1, np.float16)
 
@@ -501,6 +505,7 @@ def _stage(tensors):
 @pytest.mark.parametrize("fixture,edit,error", [
     ("timm_vit_token", _deep, r"'blocks.40.junk' .*2 blocks"),
     ("timm_vit_token", _gap, r"blocks 0, 2 .*not 0\.\.1"),
+    ("timm_vit_token", _hollow, r"blocks declare 20,160 values, but 3 blocks .* 24,576"),
     ("timm_hybrid", _stage, r"'patch_embed.backbone.stages.6.blocks.0.x' .*1 stage"),
 ])
 def test_from_timm_counts_only_complete_blocks_and_refuses_stray_indices(
