@@ -56,7 +56,6 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
     it, as the architecture its array shapes describe; a timm file as its shapes describe
     (:func:`keras_vit.from_timm`), a transformers directory as its ``config.json`` says.
     """
-    import keras
 
     import keras_vit  # also registers the layers for keras.models.load_model
     kind = model_kind(spec)
@@ -74,12 +73,8 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
     if kind not in ("run", "keras"):
         raise ValueError(f"{spec} is not a Keras model ({kind}); expected a run directory, a "
                          ".keras file or an .npz checkpoint")
-    path = RunLayout(spec).model if kind == "run" else spec
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as error:  # Keras raises several types for a bad archive
-        raise ValueError(f"cannot load {path}: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    from keras_vit.weights import load_keras_model
+    model = load_keras_model(RunLayout(spec).model if kind == "run" else spec)
     labels = None
     if kind == "run" and os.path.exists(RunLayout(spec).labels):
         from export.saved_model import read_labels

@@ -42,8 +42,8 @@ def read_export_info(version_dir: str) -> dict:
     path = os.path.join(version_dir, EXPORT_INFO)
     if not os.path.exists(path):
         return {"precision": "float32", "frozen": False}
-    with open(path) as f:
-        return json.load(f)
+    from keras_vit.sources import read_json
+    return read_json(path)
 
 
 def model_fingerprint(model: keras.Model) -> str:

@@ -10,28 +10,70 @@ from typing import Optional, Tuple
 
 import keras
 
-from keras_vit.checkpoints import (CheckpointError, read_npz_index, read_safetensors_index,
-                                   transformers_prefix, transformers_weights_file)
+from keras_vit.checkpoints import (POS_EMBEDDING_KEY, CheckpointError, check_bounds,
+                                   check_dtypes, check_position_grid, read_npz_index,
+                                   read_safetensors_index, transformers_prefix,
+                                   transformers_weights_file)
 from keras_vit.position_embeddings import to_pair
 from keras_vit.sources import check_pooler_act, read_transformers_config, source_numerics
 
+# Blocks and ResNet units are counted from one key each complete one has (a stray key such
+# as "Transformer/encoderblock_2999/junk" must not make a 3,000-block model); any other key
+# with an index must fall inside the count. Stages and units are 1-based in the original.
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
+_FULL_BLOCK = re.compile(
+    r"^Transformer/encoderblock_(\d+)/MultiHeadDotProductAttention_1/query/kernel$")
 _UNIT = re.compile(r"^block(\d+)/unit(\d+)/")
+_FULL_UNIT = re.compile(r"^block(\d+)/unit(\d+)/conv1/kernel$")
+_NOT_ORIGINAL = "not an original ViT checkpoint"
 
 
-def _shape(index, key, path):
-    if key not in index:
-        raise CheckpointError(f"{path} has no {key!r}: not an original ViT checkpoint")
-    return tuple(index[key].shape)
+def _npz_depth(index, path) -> int:
+    """The number of complete blocks; a key of any other block is refused."""
+    depth = _count([int(m.group(1)) for m in map(_FULL_BLOCK.match, index) if m], path,
+                   "blocks", "'Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/"
+                             "query/kernel'")
+    _refuse_outside(index, _BLOCK, depth, path, "blocks (complete blocks have "
+                    "'.../MultiHeadDotProductAttention_1/query/kernel')")
+    return depth
+
+
+def _npz_units(index, path) -> Tuple[int, ...]:
+    """Units per ResNet stage (empty for a plain ViT), counted from complete units."""
+    units = {}
+    for match in filter(None, map(_FULL_UNIT.match, index)):
+        units.setdefault(int(match.group(1)) - 1, []).append(int(match.group(2)) - 1)
+    stages = _count(units, path, "stages (0-based)", "'block{s}/unit{u}/conv1/kernel'")
+    counts = tuple(_count(units[s], path, f"units of stage {s + 1} (0-based)",
+                          f"'block{s + 1}/unit{{u}}/conv1/kernel'") for s in range(stages))
+    for key in sorted(index):
+        match = _UNIT.match(key)
+        if match and not (1 <= int(match.group(1)) <= stages
+                          and 1 <= int(match.group(2)) <= counts[int(match.group(1)) - 1]):
+            raise CheckpointError(f"{path}: key {key!r} is outside the file's {stages} stage(s) "
+                                  f"of {counts} units (complete units have "
+                                  "'block{s}/unit{u}/conv1/kernel')")
+    return counts
+
+
+def _check_position_embedding(shape, key, path, hidden, prefix) -> int:
+    """Position embeddings (1, tokens, width): the width first, then the grid's bound
+    (checked from the header, before any model is built). Returns the token count."""
+    if shape[0] != 1 or shape[2] != hidden:
+        raise CheckpointError(f"{path}: {key!r} has shape {shape}, expected (1, tokens, "
+                              f"{hidden}) (the width of the patch embedding)")
+    check_position_grid(path, key, shape[1], prefix)
+    return shape[1]
 
 
 def checkpoint_architecture(path: str, image_size=None) -> dict:
     """The :func:`keras_vit.ViT` arguments that fit an original ``.npz`` checkpoint.
 
-    Patch size, width, channels, heads, MLP width, depth, ResNet stages and width, class
-    token, pre-logits width and class count come from the array shapes. The image size
-    is the position-embedding grid times the pixels per token when the grid is square;
-    a non-square grid needs ``image_size``.
+    Patch size, width, channels, heads, MLP width, depth (complete blocks), ResNet stages
+    and width, class token, pre-logits width and class count come from the array shapes,
+    checked first (dtypes, ranks, :data:`keras_vit.checkpoints.ARCHITECTURE_BOUNDS`). The
+    image size is the position grid times the pixels per token when the grid is square; a
+    non-square grid needs ``image_size``.
 
     Args:
         path: an original ``.npz`` checkpoint.
@@ -42,36 +84,47 @@ def checkpoint_architecture(path: str, image_size=None) -> dict:
         A dict of keyword arguments for :func:`keras_vit.ViT` (without ``weights``).
     """
     index = read_npz_index(path)
-    patch, _, channels, hidden = _shape(index, "embedding/kernel", path)
-    query = _shape(index, "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/"
-                          "kernel", path)
-    mlp = _shape(index, "Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel", path)[1]
-    layers = 1 + max(int(m.group(1)) for m in map(_BLOCK.match, index) if m)
-    units = {}
-    for match in filter(None, map(_UNIT.match, index)):
-        stage, unit = int(match.group(1)), int(match.group(2))
-        units[stage] = max(units.get(stage, 0), unit)
-    args = dict(patch_size=int(patch), hidden_size=int(hidden), mlp_size=int(mlp),
-                num_heads=int(query[1]), num_layers=layers,
+    check_dtypes(index, path)
+
+    def shape(key, rank):
+        return _tensor_shape(index, key, path, rank, _NOT_ORIGINAL)
+
+    kernel = shape("embedding/kernel", 4)  # HWIO
+    patch, channels, hidden = kernel[0], kernel[2], kernel[3]
+    if kernel[1] != patch or patch < 1:
+        raise CheckpointError(f"{path}: 'embedding/kernel' of shape {kernel} gives patch size "
+                              f"{kernel[:2]}; expected a square patch of at least 1 pixel")
+    query_key = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"
+    query = shape(query_key, 3)
+    if query[0] != hidden or query[1] * query[2] != hidden:
+        raise CheckpointError(f"{path}: {query_key} has shape {query}, expected ({hidden}, "
+                              f"heads, {hidden} / heads)")
+    args = dict(patch_size=patch, hidden_size=hidden, num_heads=query[1],
+                mlp_size=shape("Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel", 2)[1],
+                num_layers=_npz_depth(index, path),
                 classifier="token" if "cls" in index else "gap",
-                num_classes=int(_shape(index, "head/bias", path)[0]))
-    stride = int(patch)
+                num_classes=shape("head/bias", 1)[0])
+    bounds = {"width": hidden, "MLP width": args["mlp_size"], "depth": args["num_layers"],
+              "patch size": patch, "channels": channels, "classes": args["num_classes"]}
+    units = _npz_units(index, path)
+    stride = patch
     if units:
-        args["resnet_stages"] = tuple(units[s] for s in sorted(units))
-        args["resnet_width"] = _shape(index, "conv_root/kernel", path)[-1] // 64
+        args["resnet_stages"] = units
+        args["resnet_width"] = shape("conv_root/kernel", 4)[-1] // 64
+        bounds.update({"ResNet stages": len(units), "ResNet units per stage": max(units),
+                       "ResNet width": args["resnet_width"]})
         stride *= 4 * 2 ** (len(units) - 1)
     else:
-        args["channels"] = int(channels)
+        args["channels"] = channels
     if "pre_logits/bias" in index:
-        args["representation_size"] = int(index["pre_logits/bias"].shape[0])
-    if image_size is None:
-        tokens = _shape(index, "Transformer/posembed_input/pos_embedding", path)[1]
-        side = math.isqrt(tokens - int("cls" in index))
-        if side * side != tokens - int("cls" in index):
-            raise CheckpointError(f"{path}: the position embeddings of {tokens} tokens are not "
-                                  "a square grid; give the image size")
-        image_size = side * stride
-    args["image_size"] = image_size
+        args["representation_size"] = shape("pre_logits/bias", 1)[0]
+        bounds["width"] = max(hidden, args["representation_size"])
+    check_bounds(path, bounds)
+    _check_holds_blocks(index, _BLOCK, args, path)
+    tokens = _check_position_embedding(shape(POS_EMBEDDING_KEY, 3), POS_EMBEDDING_KEY, path,
+                                       hidden, int("cls" in index))
+    args["image_size"] = image_size if image_size is not None else _square_image_size(
+        tokens, int("cls" in index), stride, path, "position embeddings")
     return args
 
 
@@ -150,6 +203,19 @@ def _refuse_outside(index, pattern, count, path, what):
             raise CheckpointError(f"{path}: key {key!r} is outside the file's {count} {what}")
 
 
+def _check_holds_blocks(index, pattern, args, path) -> None:
+    """A file must declare at least the values of the blocks it describes (their four
+    attention and two MLP matrices): one small key per block cannot make a deep, wide model
+    (the blocks' other shapes are only checked once a model is built)."""
+    width, mlp, depth = args["hidden_size"], args["mlp_size"], args["num_layers"]
+    needed = depth * (4 * width * width + 2 * width * mlp)
+    held = sum(math.prod(info.shape) for key, info in index.items() if pattern.match(key))
+    if held < needed:
+        raise CheckpointError(f"{path}: its blocks declare {held:,} values, but {depth} blocks "
+                              f"of width {width} and MLP width {mlp} have {needed:,} weights: "
+                              "an incomplete or hostile file?")
+
+
 def _square_image_size(tokens, prefix, stride, path, what):
     side = math.isqrt(tokens - prefix)
     if side * side != tokens - prefix:
@@ -182,6 +248,7 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
         the numerics are timm's (``ViT(weights=path)`` picks them).
     """
     index = read_safetensors_index(path)
+    check_dtypes(index, path)
 
     def shape(key, rank):
         return _tensor_shape(index, key, path, rank, "not a timm VisionTransformer checkpoint")
@@ -213,6 +280,33 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
         args["include_top"] = False
     if "pre_logits.fc.weight" in index:  # timm < 0.9's representation layer
         args["representation_size"] = int(shape("pre_logits.fc.weight", 2)[0])
+    bounds = {"width": max(hidden, args.get("representation_size", 0)),
+              "MLP width": args["mlp_size"], "depth": depth, "patch size": patch,
+              "channels": channels, "classes": args.get("num_classes", 1)}
+    counts = _timm_units(index, path)
+    stride = int(patch)
+    if counts:
+        args["resnet_stages"] = counts
+        args["resnet_width"] = shape("patch_embed.backbone.stem.conv.weight", 4)[0] // 64
+        bounds.update({"ResNet stages": len(counts), "ResNet units per stage": max(counts),
+                       "ResNet width": args["resnet_width"]})
+        stride *= 4 * 2 ** (len(counts) - 1)
+    else:
+        args["channels"] = int(channels)
+    check_bounds(path, bounds)
+    _check_holds_blocks(index, _TIMM_BLOCK, args, path)
+    tokens = _check_position_embedding(shape("pos_embed", 3), "pos_embed", path, hidden,
+                                       int(has_cls))
+    if image_size is None:
+        image_size = _square_image_size(tokens, int(has_cls), stride, path,
+                                        "position embeddings")
+    args["image_size"] = image_size
+    return args
+
+
+def _timm_units(index, path) -> Tuple[int, ...]:
+    """Units per stage of a timm hybrid's ResNet (empty for a plain ViT), counted from
+    complete units; a key of any other unit or stage is refused."""
     units = {}
     for match in filter(None, map(_TIMM_FULL_UNIT.match, index)):
         units.setdefault(int(match.group(1)), []).append(int(match.group(2)))
@@ -228,18 +322,7 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
             raise CheckpointError(f"{path}: key {key!r} is outside the file's {stages} stage(s) "
                                   f"of {counts} units (complete units have "
                                   "'patch_embed.backbone.stages.{s}.blocks.{u}.conv1.weight')")
-    stride = int(patch)
-    if units:
-        args["resnet_stages"] = counts
-        args["resnet_width"] = shape("patch_embed.backbone.stem.conv.weight", 4)[0] // 64
-        stride *= 4 * 2 ** (len(units) - 1)
-    else:
-        args["channels"] = int(channels)
-    if image_size is None:
-        image_size = _square_image_size(shape("pos_embed", 3)[1], int(has_cls), stride, path,
-                                        "position embeddings")
-    args["image_size"] = image_size
-    return args
+    return counts
 
 
 def from_timm(path: str, classifier: Optional[str] = None, num_heads: Optional[int] = None,
@@ -323,6 +406,7 @@ def _check_config_against_tensors(args, index, cfg_path, weights) -> None:
     built: a small file with a config claiming hidden_size=2048 must not allocate a
     2048-wide model (or a 10**9-wide one) before the mismatch is found."""
     prefix = transformers_prefix(index)
+    check_dtypes(index, weights)
 
     def shape(key, rank):
         return _tensor_shape(index, prefix + key, weights, rank,
@@ -336,7 +420,9 @@ def _check_config_against_tensors(args, index, cfg_path, weights) -> None:
     counted_by = f"'{prefix}encoder.layer.{{i}}.attention.attention.query.weight'"
     layers = _count([int(m.group(1)) for m in map(query.match, index) if m], weights,
                     "layers", counted_by)
-    tokens = shape("embeddings.position_embeddings", 3)[1]
+    tokens = _check_position_embedding(
+        shape("embeddings.position_embeddings", 3), prefix + "embeddings.position_embeddings",
+        weights, proj[0], 1)
     grid = [size // args["patch_size"] for size in args["image_size"]]
     checks = [  # (field, config value, what the file has, agrees)
         ("hidden_size", args["hidden_size"], f"{prefix + proj_key!r} has shape {proj}",
@@ -357,8 +443,12 @@ def _check_config_against_tensors(args, index, cfg_path, weights) -> None:
         if not agrees:
             raise CheckpointError(f"{cfg_path}: {field} {value} does not match {weights}: "
                                   f"{found}")
-    _refuse_outside(index, re.compile(rf"^{re.escape(prefix)}encoder\.layer\.(\d+)\."),
-                    layers, weights, f"layers (counted by {counted_by})")
+    layer_key = re.compile(rf"^{re.escape(prefix)}encoder\.layer\.(\d+)\.")
+    _refuse_outside(index, layer_key, layers, weights, f"layers (counted by {counted_by})")
+    check_bounds(weights, {"width": args["hidden_size"], "MLP width": args["mlp_size"],
+                           "depth": layers, "patch size": args["patch_size"],
+                           "channels": args["channels"]})
+    _check_holds_blocks(index, layer_key, args, weights)
     if args["hidden_size"] % args["num_heads"]:
         raise CheckpointError(f"{cfg_path}: num_attention_heads {args['num_heads']} does not "
                               f"divide hidden_size {args['hidden_size']}")

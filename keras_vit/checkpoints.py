@@ -54,6 +54,18 @@ POS_EMBEDDING_KEY = "Transformer/posembed_input/pos_embedding"
 Shape = Tuple[int, ...]
 
 
+# What a ViT can be: the most a checkpoint may declare, checked from its headers before any
+# model is built or any array is read, so that a corrupt or hostile file (a stray key, a
+# header claiming a huge grid, a deflate bomb) is refused before it costs memory. The largest
+# published ViTs are well inside: ViT-22B is 6144 wide and 48 blocks deep with a 24576-wide
+# MLP; position grids reach 64 x 64 (1024 px at patch 16); BiT's widest ResNet is R152x4.
+ARCHITECTURE_BOUNDS = {
+    "width": 8192, "MLP width": 65536, "depth": 256, "patch size": 128, "channels": 1024,
+    "position grid side": 256, "classes": 1 << 20, "ResNet stages": 8,
+    "ResNet units per stage": 64, "ResNet width": 16,
+}
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or whose arrays cannot be weights."""
 
@@ -455,7 +467,7 @@ def read_safetensors_arrays(path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
                               f"truncated?): {type(error).__name__}: {error}") from None
 
 
-def _check_dtypes(index: Dict[str, ArrayInfo], path: str) -> None:
+def check_dtypes(index: Dict[str, ArrayInfo], path: str) -> None:
     """Weights are floating-point arrays: strings, complex, bool, void and integer arrays
     (an integer tensor where a float weight belongs is a broken or foreign file) are not."""
     bad = [f"{key!r} ({info.dtype})" for key, info in sorted(index.items())
@@ -464,6 +476,38 @@ def _check_dtypes(index: Dict[str, ArrayInfo], path: str) -> None:
         raise CheckpointError(f"{path}: {len(bad)} array(s) are not floating-point (weights "
                               f"are float16, float32 or float64); no weight was changed: "
                               f"{', '.join(bad)}")
+
+
+def check_bounds(path: str, values: Dict[str, int]) -> None:
+    """Raises for a value read from a checkpoint (``{what: value}``, ``what`` a key of
+    :data:`ARCHITECTURE_BOUNDS`) that no ViT has."""
+    for what, value in values.items():
+        bound = ARCHITECTURE_BOUNDS[what]
+        if not 1 <= value <= bound:
+            raise CheckpointError(
+                f"{path}: {what} {value} is not what a ViT can be (1 to {bound:,}, "
+                "keras_vit.checkpoints.ARCHITECTURE_BOUNDS): a corrupt or hostile file?")
+
+
+def check_position_grid(path: str, key: str, tokens: int, prefix: int) -> None:
+    """Raises for position embeddings of more grid tokens than the bound's square grid
+    (checked from the header, before they are read or a model is built for them)."""
+    side = ARCHITECTURE_BOUNDS["position grid side"]
+    if tokens - prefix > side * side:
+        raise CheckpointError(
+            f"{path}: {key!r} declares {tokens - prefix:,} grid tokens, more than a ViT can "
+            f"have (a grid of at most {side} x {side}, keras_vit.checkpoints."
+            "ARCHITECTURE_BOUNDS): a corrupt or hostile file?")
+
+
+def check_finite(path: str, named_arrays, what: str = "array(s)", detail: str = "",
+                 consequence: str = "no weight was changed") -> None:
+    """The finiteness promise of every loader: raises naming each ``(name, array)`` that
+    holds NaN or infinite values."""
+    bad = sorted(name for name, array in named_arrays if not np.isfinite(array).all())
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} {what} hold NaN or infinite values{detail}; "
+                              f"{consequence}: {', '.join(map(repr, bad))}")
 
 
 # ---- Matching a checkpoint to a model. ----
@@ -507,7 +551,8 @@ def _posemb_problem(found: Shape, encoder: PatchEncoder, has_cls: bool) -> Optio
     return None
 
 
-def _plan(model: keras.Model, index: Dict[str, ArrayInfo], key_map: KeyMap = ORIGINAL) -> _Plan:
+def _plan(model: keras.Model, index: Dict[str, ArrayInfo], key_map: KeyMap = ORIGINAL,
+          path: str = "") -> _Plan:
     plan = _Plan()
     encoder = model.get_layer("posembed_input")
     layer_names = {layer.name for layer in model.layers}
@@ -549,6 +594,8 @@ def _plan(model: keras.Model, index: Dict[str, ArrayInfo], key_map: KeyMap = ORI
                 plan.reset.append(entry)
                 continue
         elif entry.kind == "posemb":
+            if len(found[0]) == 3:
+                check_position_grid(path, entry.keys[0], found[0][1], int(has_cls))
             problem = _posemb_problem(found[0], encoder, has_cls)
             if problem:
                 plan.problems.append(f"{entry.keys[0]}: {problem}")
@@ -594,12 +641,12 @@ def _values(plan: _Plan, arrays, encoder, has_cls, path):
     """(variable, value in the variable's dtype) for every entry to load; nothing is
     assigned here. Every array is checked finite *after* the cast to the variable's dtype
     (a finite float64 1e300 is infinite as float32)."""
-    updates, bad = [], []
+    updates, cast_arrays = [], []
     for entry in plan.load:
         dtype = np.dtype(keras.backend.standardize_dtype(entry.variable.dtype))
         with np.errstate(over="ignore"):
             cast = [np.asarray(arrays[k], dtype) for k in entry.keys]
-        bad += [k for k, a in zip(entry.keys, cast) if not np.isfinite(a).all()]
+        cast_arrays += zip(entry.keys, cast)
         value = entry.combine(cast)
         if entry.kind == "posemb":
             value = _fit_position_embeddings(value, encoder, has_cls, plan.report,
@@ -607,10 +654,7 @@ def _values(plan: _Plan, arrays, encoder, has_cls, path):
         updates.append((entry.variable,
                         np.asarray(value, dtype).reshape(_shape(entry.variable))))
         plan.report["loaded"].extend(entry.keys)
-    if bad:
-        raise CheckpointError(f"{path}: {len(bad)} array(s) hold NaN or infinite values (as "
-                              f"the model's floats); no weight was changed: "
-                              f"{', '.join(map(repr, sorted(bad)))}")
+    check_finite(path, cast_arrays, detail=" (as the model's floats)")
     return updates
 
 
@@ -706,8 +750,8 @@ def _warn_other_numerics(model: keras.Model, numerics: dict, source: str) -> Non
 def _load(model, path, index, read_arrays, key_map: KeyMap, verbose: bool) -> Dict[str, list]:
     """The checks and transfer rules shared by every source: plan from the headers, read
     the arrays that load, check them, then assign (nothing before every check passed)."""
-    _check_dtypes(index, path)
-    plan = _plan(model, index, key_map)
+    check_dtypes(index, path)
+    plan = _plan(model, index, key_map, path)
     if plan.problems:
         raise CheckpointMismatchError(
             f"{key_map.source} checkpoint {path} does not fit model {model.name!r} "

@@ -64,6 +64,27 @@ def weights_source(weights) -> Optional[str]:
     return None
 
 
+MAX_JSON_BYTES = 64 << 20  # a config.json with ImageNet-21k's id2label is about 1 MB
+
+
+def read_json(path, error=ValueError):
+    """The JSON document in file ``path``, or ``error`` with a one-line message naming the
+    file: unreadable, over :data:`MAX_JSON_BYTES`, not UTF-8, not JSON, or nested too deeply
+    for Python's parser (200,000 ``[`` are a RecursionError in ``json.load``)."""
+    path = os.fspath(path)
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    if size > MAX_JSON_BYTES:
+        raise error(f"{path} is not a JSON file keras_vit reads: {size:,} bytes (at most "
+                    f"{MAX_JSON_BYTES:,})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except RecursionError:
+        raise error(f"{path} is not readable JSON: nested too deeply") from None
+    except (OSError, ValueError) as error_found:
+        raise error(f"{path} is not readable JSON: {error_found}") from None
+
+
 def read_transformers_config(directory) -> dict:
     """The ``config.json`` of a transformers ViT model directory, checked.
 
@@ -76,11 +97,7 @@ def read_transformers_config(directory) -> dict:
     if not os.path.exists(path):
         raise CheckpointError(f"{directory} is not a transformers model directory: it has no "
                               "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not readable JSON: {error}") from None
+    config = read_json(path, CheckpointError)
     if not isinstance(config, dict) or config.get("model_type") != "vit":
         found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{path}: model_type {found!r} is not a transformers ViT "

@@ -1,12 +1,19 @@
-"""Filling a built model from any supported weights file (dispatch on the file type)."""
+"""Filling a built model from any supported weights file (dispatch on the file type), and
+reading Keras's own files (``.keras``, ``.weights.h5``) with the checks of the other loaders:
+a corrupt or truncated file is named as such, NaN or infinite weights are refused."""
 from __future__ import annotations
 
 import os
+import zipfile
 
 import keras
+import numpy as np
 
-from keras_vit.checkpoints import CheckpointError, load_pretrained, load_timm, load_transformers
+from keras_vit.checkpoints import (CheckpointError, check_finite, load_pretrained, load_timm,
+                                   load_transformers)
 from keras_vit.sources import PICKLED_SUFFIXES, refuse_pickle
+
+KERAS_SUFFIXES = (".keras", ".weights.h5")
 
 
 def load_weights(model: keras.Model, weights) -> None:
@@ -22,12 +29,74 @@ def load_weights(model: keras.Model, weights) -> None:
         load_timm(model, path)
     elif os.path.isdir(path):
         load_transformers(model, path)
-    elif path.endswith((".keras", ".weights.h5")):
-        if not os.path.exists(path):
-            raise CheckpointError(f"weights file not found: {path}")
-        model.load_weights(path)
+    elif path.endswith(KERAS_SUFFIXES):
+        load_keras_weights(model, path)
     else:
         raise ValueError(f"cannot load weights from {path!r}: expected an original .npz "
                          "checkpoint, a timm .safetensors file, a transformers model "
                          "directory, a .keras or a .weights.h5 file, or (with a named builder "
                          "such as ViT_B16) a published checkpoint name")
+
+
+def check_keras_file(path: str) -> None:
+    """A ``.keras`` file is a zip archive with ``config.json`` and ``model.weights.h5``; a
+    ``.weights.h5`` file an HDF5 file that opens. Anything else (a truncated download, say)
+    is a :class:`CheckpointError` saying so, not Keras's "File not found" for a file that
+    exists."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"weights file not found: {path}")
+    kind = ".keras" if path.endswith(".keras") else ".weights.h5"
+    try:
+        if kind == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                missing = {"config.json", "model.weights.h5"} - set(archive.namelist())
+            detail = f"the archive has no {', '.join(sorted(missing))}" if missing else ""
+        else:
+            import h5py
+            h5py.File(path, "r").close()
+            detail = ""
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if detail:
+        raise CheckpointError(f"cannot load {path}: not a readable {kind} file (corrupt or "
+                              f"truncated?): {detail}")
+
+
+def _named_values(model: keras.Model):
+    """``(variable path, float32 value)`` of each floating-point weight."""
+    for variable in model.weights:
+        if keras.backend.is_float_dtype(variable.dtype):
+            yield variable.path, np.asarray(keras.ops.convert_to_numpy(
+                keras.ops.cast(variable, "float32")))
+
+
+def load_keras_weights(model: keras.Model, path: str) -> None:
+    """``model.load_weights(path)`` for a ``.keras`` or ``.weights.h5`` file, with the
+    loaders' promises: a corrupt file is named as such (:func:`check_keras_file`), and
+    NaN or infinite weights raise :class:`CheckpointError` naming them, with the model's
+    weights as they were before."""
+    check_keras_file(path)
+    before = [variable.numpy() for variable in model.weights]
+    try:
+        model.load_weights(path)
+        check_finite(path, _named_values(model), "weight(s)",
+                     consequence="no weight was changed")
+    except Exception:
+        for variable, value in zip(model.weights, before):
+            variable.assign(value)
+        raise
+
+
+def load_keras_model(path: str) -> keras.Model:
+    """``keras.saving.load_model`` for a ``.keras`` file, with the loaders' promises: a
+    corrupt file and any Keras error are one-line :class:`CheckpointError` s naming the
+    file, and a model with NaN or infinite weights is refused naming them."""
+    import keras_vit  # noqa: F401  (registers the layers for deserialization)
+    check_keras_file(path)
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as error:  # Keras raises several types for a bad archive
+        raise CheckpointError(f"cannot load {path}: {type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    check_finite(path, _named_values(model), "weight(s)", consequence="the model is not used")
+    return model

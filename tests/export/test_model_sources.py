@@ -202,3 +202,37 @@ def test_predict_and_export_a_transformers_directory(tmp_path, capsys):
     assert os.path.getsize(output) > 0
     assert main(["predict", directory, paths[0], "--model", "ViT_B16"]) == 2
     assert "names the architecture of an .npz" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_keras_model_with_nan_weights(tmp_path, capsys):
+    # keras-vit predict printed "0 nan, 1 nan, ..." and exited 0.
+    model = perturb(keras_vit.ViT(image_size=32, num_classes=5, **TINY))
+    gamma = model.get_layer("encoder_norm").gamma
+    gamma.assign(np.full(gamma.shape, np.nan, np.float32))
+    path = str(tmp_path / "nan.keras")
+    model.save(path)
+    good = _write_images(tmp_path, 1)[0]
+    err = _one_line_error(capsys, ["predict", path, good])
+    assert err.startswith(f"keras-vit predict: error: {path}: 1 weight(s) hold NaN or infinite")
+    assert "encoder_norm/gamma" in err
+
+
+def test_predict_names_a_truncated_keras_file_corrupt(run_dir, tmp_path, capsys):
+    run, _ = run_dir
+    data = open(os.path.join(run, "model.keras"), "rb").read()
+    path = tmp_path / "truncated.keras"
+    path.write_bytes(data[:len(data) // 2])
+    good = _write_images(tmp_path, 1)[0]
+    err = _one_line_error(capsys, ["predict", str(path), good])
+    assert err.startswith(f"keras-vit predict: error: cannot load {path}: not a readable "
+                          ".keras file (corrupt or truncated?)"), err
+    assert "not found" not in err
+
+
+def test_export_info_nested_too_deeply_is_a_one_line_error(tmp_path):
+    from export.saved_model import EXPORT_INFO, read_export_info
+    os.makedirs(os.path.dirname(str(tmp_path / EXPORT_INFO)), exist_ok=True)
+    (tmp_path / EXPORT_INFO).write_text("[" * 200_000)
+    with pytest.raises(ValueError, match="nested too deeply") as info:
+        read_export_info(str(tmp_path))
+    assert str(info.value).startswith(str(tmp_path / EXPORT_INFO)) and "\n" not in str(info.value)

@@ -373,3 +373,173 @@ def test_named_builder_takes_size_and_classes_from_the_published_name(tmp_path, 
     assert model.class_names == pretrained.class_names("imagenet2012")
     assert not hasattr(keras_vit.ViT_Ti16(weights="augreg-imagenet21k+imagenet2012",
                                           num_classes=10), "class_names")
+
+
+# ---- Hostile .npz files (issue 20): refused from the headers, before any model is built. ----
+
+def _no_build(monkeypatch):
+    """keras_vit.ViT raises if called: a check must refuse the file before any model."""
+    def build(**kwargs):
+        raise AssertionError(f"keras_vit.ViT called before the checks ({kwargs})")
+    monkeypatch.setattr(keras_vit, "ViT", build)
+
+
+def _write_npz(path, params, declared=None):
+    """An .npz of ``params``; ``declared``: ``{key: (dtype, shape)}`` members of zeros
+    (deflated: an 8 MB member of zeros is about 8 KB on disk)."""
+    import zipfile
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, value in params.items():
+            with archive.open(name + ".npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(value))
+        for name, (dtype, shape) in (declared or {}).items():
+            with archive.open(name + ".npy", "w") as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape})
+                f.write(bytes(int(np.prod(shape)) * np.dtype(dtype).itemsize))
+    return str(path)
+
+
+def _stray_block(params):
+    params["Transformer/encoderblock_2999/junk"] = np.zeros(1, np.float32)
+
+
+def _block_gap(params):
+    for key in [k for k in params if k.startswith("Transformer/encoderblock_1/")]:
+        params[key.replace("encoderblock_1/", "encoderblock_2/")] = params.pop(key)
+
+
+def _stray_unit(params):
+    params["block1/unit40/junk"] = np.zeros(1, np.float32)
+
+
+def _hollow_block(params):
+    # A third "complete" block holding only its counting key: a deep, wide model from a few
+    # small keys is refused before building.
+    key = "Transformer/encoderblock_2/MultiHeadDotProductAttention_1/query/kernel"
+    params[key] = np.zeros((32, 4, 8), np.float32)
+
+
+@pytest.mark.parametrize("stages,edit,error", [
+    (None, _stray_block, r"'Transformer/encoderblock_2999/junk' is outside the file's 2 blocks"),
+    (None, _block_gap, r"blocks 0, 2 .*not 0\.\.1"),
+    ((1, 1), _stray_unit, r"'block1/unit40/junk' is outside the file's 2 stage\(s\) of \(1, 1\)"),
+    (None, _hollow_block, r"its blocks declare 18,112 values, but 3 blocks of width 32 and MLP "
+                          r"width 64 have 24,576 weights"),
+])
+def test_architecture_counts_complete_blocks_and_refuses_stray_keys(
+        tmp_path, monkeypatch, stages, edit, error):
+    # A 109 KB file with one stray key built a 3,000-block model (216 s, 2.3 GB peak).
+    from keras_vit.checkpoint_architecture import model_from_checkpoint
+    params = reference_vit.make_checkpoint(np.random.default_rng(20), resnet_stages=stages,
+                                           grid=(2, 2) if stages else (4, 4))
+    edit(params)
+    path = _save(tmp_path, params)
+    _no_build(monkeypatch)
+    with pytest.raises(checkpoints.CheckpointError, match=error) as info:
+        model_from_checkpoint(path)
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key,dtype,shape,error", [
+    # |S0 declares 0 bytes: it passed the size check and built a 32,000 px model (6.8 GB).
+    ("Transformer/posembed_input/pos_embedding", "|S0", (1, 4000**2 + 1, 32),
+     r"not floating-point.*'Transformer/posembed_input/pos_embedding' \(\|S0\)"),
+    ("Transformer/posembed_input/pos_embedding", np.float32, (1, 17, 8),
+     r"pos_embedding' has shape \(1, 17, 8\), expected \(1, tokens, 32\)"),
+    ("Transformer/posembed_input/pos_embedding", np.float32, (17, 32),
+     r"pos_embedding' has shape \(17, 32\), expected 3 dimensions"),
+    ("embedding/kernel", np.float32, (8, 4, 3, 32), r"patch size \(8, 4\)"),
+    ("embedding/kernel", np.float32, (8, 8, 32), r"'embedding/kernel' has shape \(8, 8, 32\)"),
+    ("Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel", np.float32,
+     (32, 4, 9), r"query/kernel has shape \(32, 4, 9\), expected \(32, heads, 32 / heads\)"),
+    ("head/bias", np.float32, (5, 1), r"'head/bias' has shape \(5, 1\)"),
+    # The most a checkpoint may declare (ARCHITECTURE_BOUNDS), before inflating anything:
+    ("Transformer/posembed_input/pos_embedding", np.float32, (1, 257**2 + 1, 32),
+     r"declares 66,049 grid tokens.*at most 256 x 256"),
+    ("head/bias", np.float16, (2**20 + 1,), r"classes 1048577 is not what a ViT can be"),
+    ("Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel", np.float16, (32, 65537),
+     r"MLP width 65537 is not what a ViT can be"),
+])
+def test_architecture_checks_dtype_shape_and_bounds_before_building(
+        tmp_path, monkeypatch, key, dtype, shape, error):
+    from keras_vit.checkpoint_architecture import model_from_checkpoint
+    params = reference_vit.make_checkpoint(np.random.default_rng(21))
+    params.pop(key)
+    path = _write_npz(tmp_path / "hostile.npz", params, {key: (dtype, shape)})
+    assert os.path.getsize(path) < 1 << 20
+    _no_build(monkeypatch)
+    with pytest.raises(checkpoints.CheckpointError, match=error) as info:
+        model_from_checkpoint(path)
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
+
+
+def test_position_grid_beyond_a_vit_is_refused_before_it_is_read(tmp_path):
+    """A deflate bomb in the position embeddings (a 2 MB file inflating to 2 GB loaded into
+    a 32 px model at 6.5 GB peak): the header's grid is refused before any array is read."""
+    import tracemalloc
+    params = reference_vit.make_checkpoint(np.random.default_rng(22))
+    key = "Transformer/posembed_input/pos_embedding"
+    params.pop(key)
+    path = _write_npz(tmp_path / "bomb.npz", params, {key: (np.float32, (1, 257**2 + 1, 32))})
+    assert os.path.getsize(path) < 1 << 20
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    before = _weights_of(model)
+    tracemalloc.start()
+    try:
+        with pytest.raises(checkpoints.CheckpointError, match="at most 256 x 256") as info:
+            keras_vit.load_pretrained(model, path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
+    assert peak < 4 << 20, f"peak {peak / 2**20:.0f} MiB while checking the checkpoint"
+    _assert_unchanged(before, model)
+    assert checkpoints.ARCHITECTURE_BOUNDS["position grid side"] == 256
+
+
+# ---- Keras's own files (issue 20): the same finiteness promise, corrupt files named. ----
+
+def _nan_keras_file(tmp_path, suffix):
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    gamma = model.get_layer("encoderblock_1").ln2_gamma
+    gamma.assign(np.full(gamma.shape, np.nan, np.float32))
+    path = str(tmp_path / f"nan{suffix}")
+    model.save(path) if suffix == ".keras" else model.save_weights(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_keras_weights_with_nan_are_refused_and_change_nothing(tmp_path, suffix):
+    # ViT(weights="nan.weights.h5") loaded silently and gave NaN logits.
+    path = _nan_keras_file(tmp_path, suffix)
+    with pytest.raises(checkpoints.CheckpointError, match="NaN or infinite") as info:
+        keras_vit.ViT(image_size=32, num_classes=5, weights=path, **TINY)
+    assert str(info.value).startswith(path) and "encoderblock_1/ln2_gamma" in str(info.value)
+    from keras_vit.weights import load_weights
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    before = _weights_of(model)
+    with pytest.raises(checkpoints.CheckpointError, match="no weight was changed"):
+        load_weights(model, path)
+    _assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_truncated_keras_file_is_named_corrupt(tmp_path, suffix):
+    # A truncated .keras raised zipfile.BadZipFile (ViT) or "File not found" (load_model).
+    model = keras_vit.ViT(image_size=32, num_classes=5, **TINY)
+    path = str(tmp_path / f"model{suffix}")
+    model.save(path) if suffix == ".keras" else model.save_weights(path)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])
+    calls = [lambda: keras_vit.ViT(image_size=32, num_classes=5, weights=path, **TINY)]
+    if suffix == ".keras":
+        calls.append(lambda: keras_vit.weights.load_keras_model(path))
+    for call in calls:
+        with pytest.raises(checkpoints.CheckpointError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"cannot load {path}: not a readable {suffix} file (corrupt "
+                                  "or truncated?)"), message
+        assert "\n" not in message and "not found" not in message

@@ -494,6 +494,10 @@ def _gap(tensors):
         tensors[key.replace("blocks.1.", "blocks.2.")] = tensors.pop(key)
 
 
+def _hollow(tensors):
+    tensors["blocks.2.attn.qkv.weight"] = np.zeros((96, 32), np.float32)
+
+
 def _stage(tensors):
     tensors["patch_embed.backbone.stages.6.blocks.0.x"] = np.zeros(1, np.float16)
 
@@ -501,6 +505,7 @@ def _stage(tensors):
 @pytest.mark.parametrize("fixture,edit,error", [
     ("timm_vit_token", _deep, r"'blocks.40.junk' .*2 blocks"),
     ("timm_vit_token", _gap, r"blocks 0, 2 .*not 0\.\.1"),
+    ("timm_vit_token", _hollow, r"blocks declare 20,160 values, but 3 blocks .* 24,576"),
     ("timm_hybrid", _stage, r"'patch_embed.backbone.stages.6.blocks.0.x' .*1 stage"),
 ])
 def test_from_timm_counts_only_complete_blocks_and_refuses_stray_indices(
@@ -530,3 +535,73 @@ def test_from_timm_refuses_tensors_of_the_wrong_rank(tmp_path, monkeypatch, key,
     with pytest.raises(keras_vit.CheckpointError, match=error) as info:
         keras_vit.from_timm(path, num_heads=2)
     assert str(info.value).startswith(path) and "\n" not in str(info.value)
+
+
+# ---- Hostile hub files (issue 20): dtype and width before the grid builds anything. ----
+
+@pytest.mark.parametrize("dtype,shape,error", [
+    # A 2.3 MB file with a (1, 1 + 1500**2, 1) bool pos_embed built a 12,000 px model (5.9 GB).
+    (np.bool_, (1, 1 + 300**2, 1), r"not floating-point.*'pos_embed' \(bool\)"),
+    (np.float16, (1, 1 + 300**2, 1), r"'pos_embed' has shape \(1, 90001, 1\), expected "
+                                     r"\(1, tokens, 32\)"),
+])
+def test_from_timm_checks_position_embedding_dtype_and_width_first(
+        tmp_path, monkeypatch, dtype, shape, error):
+    tensors = _timm_tensors()
+    tensors["pos_embed"] = np.zeros(shape, dtype)
+    path = _save_timm(tmp_path, tensors)
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match=error) as info:
+        keras_vit.from_timm(path, num_heads=2)
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("source", ["timm", "transformers"])
+def test_position_grid_past_the_bound_is_refused_before_building(tmp_path, monkeypatch, source):
+    from keras_vit import checkpoints
+    monkeypatch.setitem(checkpoints.ARCHITECTURE_BOUNDS, "position grid side", 4)
+    tensors = _timm_tensors() if source == "timm" else load_file(
+        _path("transformers_vit/model.safetensors"))
+    key = "pos_embed" if source == "timm" else "vit.embeddings.position_embeddings"
+    tensors[key] = np.zeros((1, 1 + 5 * 5, 32), np.float32)
+    if source == "timm":
+        path = _save_timm(tmp_path, tensors)
+        build = lambda: keras_vit.from_timm(path, num_heads=2)  # noqa: E731
+    else:
+        path = _transformers_directory(tmp_path, image_size=40)
+        save_file(tensors, os.path.join(path, "model.safetensors"))
+        build = lambda: keras_vit.from_transformers(path)  # noqa: E731
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match=rf"'{key}' declares 25 grid tokens, "
+                                                        r"more .* at most 4 x 4") as info:
+        build()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("dtype,shape,error", [
+    (np.bool_, (1, 1 + 300**2, 1), r"not floating-point.*position_embeddings' \(bool\)"),
+    (np.float16, (1, 1 + 300**2, 1), r"position_embeddings' has shape \(1, 90001, 1\), "
+                                     r"expected \(1, tokens, 32\)"),
+])
+def test_from_transformers_checks_position_embedding_dtype_and_width_first(
+        tmp_path, monkeypatch, dtype, shape, error):
+    directory = _transformers_directory(tmp_path, image_size=300 * 8)
+    tensors = load_file(os.path.join(directory, "model.safetensors"))
+    tensors["vit.embeddings.position_embeddings"] = np.zeros(shape, dtype)
+    save_file(tensors, os.path.join(directory, "model.safetensors"))
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match=error) as info:
+        keras_vit.from_transformers(directory)
+    assert "model.safetensors" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_json_nested_too_deeply_is_a_one_line_error(tmp_path, monkeypatch):
+    # 200,000 nested "[" were a RecursionError traceback.
+    directory = _transformers_directory(tmp_path)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        f.write("[" * 200_000)
+    _no_build(monkeypatch)
+    with pytest.raises(keras_vit.CheckpointError, match="nested too deeply") as info:
+        keras_vit.from_transformers(directory)
+    message = str(info.value)
+    assert message.startswith(os.path.join(directory, "config.json")) and "\n" not in message
