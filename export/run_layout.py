@@ -17,6 +17,7 @@ LOGS = "logs"                 # TensorBoard event files (logs/train)
 METRICS = "metrics.json"      # top1, top5, steps, examples_per_second, ...
 CURVES = "curves.png"         # loss and accuracy against steps, from the TensorBoard logs
 EXPORT = "export"             # TF Serving base directory: export/<name>/<version>/
+LOCK = ".run.lock"            # held (flock) by the run writing the directory: pid and host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,7 @@ class RunLayout:
     metrics = property(lambda self: self._join(METRICS))
     curves = property(lambda self: self._join(CURVES))
     export = property(lambda self: self._join(EXPORT))
+    lock = property(lambda self: self._join(LOCK))
 
     def scratch(self, task_id: int) -> str:
         """A non-chief worker's scratch directory (tf.distribute has every worker save)."""

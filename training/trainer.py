@@ -10,6 +10,7 @@ any TensorFlow filesystem works for them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_vit
-from export.run_layout import CONFIG, RunLayout
+from export.run_layout import CONFIG, LOCK, RunLayout
 from training.data import (DataError, DataSource, load_source, make_eval_pipeline,
                            make_train_pipeline)
 from training.distribute import worker_info
@@ -282,7 +283,12 @@ class _State:
 
 
 def _train(config, strategy, resume, source, verbose):
-    run = _set_up(config, strategy, resume, source, verbose)
+    with contextlib.ExitStack() as held:
+        run = _set_up(config, strategy, resume, source, verbose, held)
+        return _run(run)
+
+
+def _run(run: _Run) -> dict:
     state = _create_state(run)
     if state.step > run.total_steps:
         raise ValueError(f"the run in {run.layout.root} is at step {state.step}, beyond the "
@@ -297,8 +303,9 @@ def _train(config, strategy, resume, source, verbose):
     return _finish(run, state, loop)
 
 
-def _set_up(config, strategy, resume, source, verbose) -> _Run:
-    """Validates the configuration and the run directory, loads the data."""
+def _set_up(config, strategy, resume, source, verbose, held) -> _Run:
+    """Validates the configuration and the run directory (the chief locks it for the run,
+    in ``held``), loads the data."""
     config.validate()
     recipe = config.recipe
     replicas = strategy.num_replicas_in_sync
@@ -308,6 +315,9 @@ def _set_up(config, strategy, resume, source, verbose) -> _Run:
     is_chief, task_id = worker_info(strategy)
     layout = RunLayout(config.output)
     _check_run_directory(layout, resume, config.export)
+    if is_chief:
+        held.enter_context(_lock_run_directory(layout))
+        _check_run_directory(layout, resume, config.export)  # again, now that it is ours
     keras.config.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)  # same initial weights for the same --seed
     source = source or load_source(recipe.dataset, config.data_dir, config.train_split,
@@ -321,6 +331,26 @@ def _set_up(config, strategy, resume, source, verbose) -> _Run:
     total_steps = recipe.steps or (recipe.epochs or 1) * steps_per_epoch
     return _Run(config, strategy, layout, source, resume, verbose, is_chief, task_id,
                 steps_per_epoch, total_steps)
+
+
+@contextlib.contextmanager
+def _lock_run_directory(layout: RunLayout):
+    """The run's lock (``export.versions.locked``, the exports' flock): a second run into
+    the same directory is refused naming the holder; a killed holder's lock does not block.
+    A directory on another filesystem (``gs://``...) cannot be flocked and is not locked."""
+    if "://" in layout.root:
+        yield
+        return
+    from export.versions import LockHeld, locked
+    os.makedirs(layout.root, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locked(layout.lock, wait=False))
+        except LockHeld as error:
+            raise TrainingError(f"--output {layout.root} is in use by another keras-vit train "
+                                f"({error.holder}; lock {layout.lock}): wait for it to finish "
+                                "or choose another --output") from None
+        yield
 
 
 def _check_run_directory(layout: RunLayout, resume: bool, export: bool) -> None:
@@ -341,7 +371,7 @@ def _check_run_directory(layout: RunLayout, resume: bool, export: bool) -> None:
                             "--resume to continue it or choose another --output")
     if gfile.exists(layout.root) and not gfile.isdir(layout.root):
         raise TrainingError(f"--output {layout.root} is a file, not a directory")
-    if gfile.isdir(layout.root) and gfile.listdir(layout.root) and \
+    if gfile.isdir(layout.root) and set(gfile.listdir(layout.root)) - {LOCK} and \
             not gfile.exists(layout.config):
         raise TrainingError(f"--output {layout.root} exists and is not a keras-vit run "
                             f"directory (no {CONFIG}); choose another --output")
