@@ -7,6 +7,7 @@ strings, so a run directory may be on any TensorFlow filesystem (``gs://``, ``ra
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 CONFIG = "config.json"        # the run's RunConfig, read back by --resume
@@ -18,6 +19,20 @@ METRICS = "metrics.json"      # top1, top5, steps, examples_per_second, ...
 CURVES = "curves.png"         # loss and accuracy against steps, from the TensorBoard logs
 EXPORT = "export"             # TF Serving base directory: export/<name>/<version>/
 LOCK = ".run.lock"            # held (flock) by the run writing the directory: pid and host
+
+
+def parse_json(text, source: str):
+    """``json.loads`` whose every failure is a ValueError naming ``source``: also a document
+    nested deeper than Python's parser can follow (100,000 ``[``: a RecursionError
+    otherwise)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{source}: not valid JSON (nested too deeply)") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{source}: not valid JSON (not UTF-8 text: {error.reason})") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
 import time
@@ -150,8 +150,8 @@ def run_evaluate(args) -> int:
         run = RunLayout(args.model)
         model_path = run.model
         if os.path.exists(run.config):
-            with open(run.config) as f:
-                recipe_data = json.load(f)["recipe"]
+            from training.trainer import load_run_config
+            recipe_data = dataclasses.asdict(load_run_config(args.model).recipe)
     if not os.path.exists(model_path):
         raise ValueError(f"model not found: {model_path}")
     dataset = args.dataset or recipe_data.get("dataset")

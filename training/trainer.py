@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_vit
-from export.run_layout import CONFIG, LOCK, RunLayout
+from export.run_layout import CONFIG, LOCK, RunLayout, parse_json
 from training.data import (DataError, DataSource, load_source, make_eval_pipeline,
                            make_train_pipeline)
 from training.distribute import worker_info
@@ -74,10 +74,7 @@ class RunConfig:
     @classmethod
     def from_json(cls, text, source: str = CONFIG):
         """Parses ``text``; errors (ValueError) name ``source`` and the offending key."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{source}: not valid JSON ({error})") from None
+        data = parse_json(text, source)
         if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
             raise ValueError(f"{source}: expected a run configuration with a 'recipe' object")
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)}) + sorted(
@@ -86,11 +83,42 @@ class RunConfig:
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)} (written by "
                              "another version of keras-vit?)")
+        _check_field_types(cls, data, source)
+        _check_field_types(Recipe, data["recipe"], source, "recipe.")
         try:
             data["recipe"] = Recipe(**data["recipe"])
-            return cls(**data)
+            config = cls(**data)
         except TypeError as error:  # a missing key
             raise ValueError(f"{source}: {error}") from None
+        try:
+            return config.validate()
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+
+
+# What a field of config.json may hold, by its declared type ("Optional[...]": also null).
+_FIELD_KINDS = {"str": ((str,), "a string"), "bool": ((bool,), "true or false"),
+                "int": ((int,), "an integer"), "float": ((int, float), "a number")}
+
+
+def _check_field_types(cls, data: dict, source: str, prefix: str = "") -> None:
+    """Every field of ``data`` holds a value of the type ``cls`` declares for it (a
+    config.json edited by hand: ``"crop_area_min": "abc"`` would fail deep in tf.image)."""
+    for field in dataclasses.fields(cls):
+        declared = str(field.type)
+        if field.name not in data or declared not in _FIELD_KINDS and \
+                not declared.startswith("Optional["):
+            continue
+        optional = declared.startswith("Optional[")
+        types, need = _FIELD_KINDS[declared[len("Optional["):-1] if optional else declared]
+        value = data[field.name]
+        if value is None and optional:
+            continue
+        if value is None or not isinstance(value, types) or \
+                (isinstance(value, bool) and bool not in types):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise ValueError(f"{source}: field {prefix}{field.name} must be {need}"
+                             f"{' or null' if optional else ''}, got {shown}")
 
 
 def load_run_config(run_dir: str) -> RunConfig:
@@ -98,7 +126,7 @@ def load_run_config(run_dir: str) -> RunConfig:
     path = RunLayout(run_dir).config
     if not tf.io.gfile.exists(path):
         raise ValueError(f"--resume: {path} not found (not a keras-vit run directory)")
-    with tf.io.gfile.GFile(path) as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
         config = RunConfig.from_json(f.read(), source=path)
     config.output = run_dir
     return config
@@ -403,8 +431,7 @@ def _create_state(run: _Run) -> _State:
         tf.io.gfile.rmtree(write_dir)  # a stale scratch of an earlier attempt
     manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=3)
     if run.resume:
-        latest = tf.train.latest_checkpoint(run.layout.checkpoints)
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        _restore(run, checkpoint)
     if run.is_chief:
         tf.io.gfile.makedirs(run.layout.root)
         _write_text(run.layout.config, run.config.to_json())
@@ -417,13 +444,58 @@ def _create_state(run: _Run) -> _State:
     return state
 
 
+def _restore(run: _Run, checkpoint: tf.train.Checkpoint) -> None:
+    """Restores the newest checkpoint that reads back whole.
+
+    A damaged one (a truncated ``ckpt-N.data-*``...) is named, and the run goes on from the
+    newest earlier checkpoint that restores, saying so: training is a function of the step
+    (the data order and augmentation are keyed by seed and position), so the steps after
+    it are trained again to the same weights, and saving them overwrites the damaged files.
+    With no intact checkpoint left, a TrainingError names the damaged files.
+    """
+    directory = run.layout.checkpoints
+    state = tf.train.get_checkpoint_state(directory)
+    prefixes = set(state.all_model_checkpoint_paths if state else [])
+    prefixes.add(tf.train.latest_checkpoint(directory))
+    prefixes = sorted((p for p in prefixes if p and tf.io.gfile.exists(p + ".index")),
+                      key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
+    damaged = []
+    for prefix in prefixes:
+        try:
+            checkpoint.restore(prefix).assert_existing_objects_matched()
+        except Exception as error:  # TensorFlow raises IndexError, DataLossError, ...
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            damaged.append(f"{_checkpoint_files(prefix)} cannot be read ({detail})")
+            continue
+        if damaged:
+            run.say(f"keras-vit train: {'; '.join(damaged)}: resuming from {prefix}, the "
+                    "newest intact checkpoint (the steps after it are trained again, to the "
+                    "same weights)")
+        return
+    if not damaged:
+        raise TrainingError(f"--resume: no checkpoint in {directory}")
+    raise TrainingError(f"--resume: {damaged[0]}; no earlier checkpoint is intact"
+                        + (f" ({len(damaged) - 1} more cannot be read)" if len(damaged) > 1
+                           else "") + f": start a new run (another --output)")
+
+
+def _checkpoint_files(prefix: str) -> str:
+    """The files of checkpoint ``prefix`` to blame: its data files if its index reads."""
+    try:
+        tf.train.load_checkpoint(prefix)
+    except Exception:  # noqa: BLE001 (any failure to read the index)
+        return prefix + ".index"
+    return ", ".join(sorted(tf.io.gfile.glob(prefix + ".data-*"))) or prefix
+
+
 def _finished_metrics(run: _Run, state: _State) -> Optional[dict]:
     """The metrics of a resumed run that had already finished (else None)."""
     if state.step < run.total_steps or not tf.io.gfile.exists(run.layout.metrics):
         return None
-    with tf.io.gfile.GFile(run.layout.metrics) as f:
-        metrics = json.load(f)
-    return metrics if metrics.get("steps") == state.step else None
+    with tf.io.gfile.GFile(run.layout.metrics, "rb") as f:
+        metrics = parse_json(f.read(), run.layout.metrics)
+    return metrics if isinstance(metrics, dict) and metrics.get("steps") == state.step \
+        else None
 
 
 class _Stopped(Exception):

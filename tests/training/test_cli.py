@@ -128,3 +128,52 @@ def test_training_refuses_the_onednn_weight_cache(tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match="TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set.*unset it"):
         train(RunConfig(recipe=recipe, output=str(out)), tf.distribute.get_strategy())
     assert not out.exists()
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def test_damaged_resume_state_is_a_one_line_error_naming_the_file_and_field(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_RUN, "--checkpoint-every", "2", "--output", str(out),
+                 "--no-export"]) == 0
+    capsys.readouterr()
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    # A field of the wrong type (a TypeError inside tf.image before).
+    config_path.write_text(json.dumps(dict(config, recipe=dict(config["recipe"],
+                                                                 crop_area_min="abc"))))
+    assert _error(capsys, ["--resume", "--output", str(out), "--steps", "6"]) == (
+        f"keras-vit train: error: {config_path}: field recipe.crop_area_min must be a number "
+        "or null, got 'abc'")
+    config_path.write_text(json.dumps(dict(config, seed=[1])))
+    assert f"{config_path}: field seed must be an integer, got [1]" in _error(
+        capsys, ["--resume", "--output", str(out)])
+    # 100,000 nested "[" (a RecursionError before).
+    config_path.write_text("[" * 100_000)
+    assert _error(capsys, ["--resume", "--output", str(out)]) == (
+        f"keras-vit train: error: {config_path}: not valid JSON (nested too deeply)")
+    config_path.write_text(json.dumps(config))
+    # A truncated data file of the newest checkpoint: named, the run goes on from ckpt-2.
+    ckpt = out / "checkpoints"
+    data4 = next(str(ckpt / n) for n in os.listdir(ckpt) if n.startswith("ckpt-4.data"))
+    _truncate(data4)
+    assert main(["train", "--resume", "--output", str(out), "--steps", "6"]) == 0
+    said = capsys.readouterr().out
+    assert f"{data4} cannot be read (" in said
+    assert f"resuming from {ckpt / 'ckpt-2'}, the newest intact checkpoint" in said
+    assert "resumed at step 2" in said
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+    assert tf.train.latest_checkpoint(str(ckpt)) == str(ckpt / "ckpt-6")
+    tf.train.load_checkpoint(str(ckpt / "ckpt-4")).get_variable_to_shape_map()  # rewritten
+    # Every kept checkpoint damaged: one line naming the newest, nothing to fall back on.
+    for name in os.listdir(ckpt):
+        if ".data-" in name:
+            _truncate(ckpt / name)
+    data6 = next(str(ckpt / n) for n in os.listdir(ckpt) if n.startswith("ckpt-6.data"))
+    error = _error(capsys, ["--resume", "--output", str(out), "--steps", "8"])
+    assert error.startswith(f"keras-vit train: error: --resume: {data6} cannot be read (")
+    assert error.endswith("; no earlier checkpoint is intact (2 more cannot be read): start a "
+                          "new run (another --output)")
