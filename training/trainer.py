@@ -65,6 +65,9 @@ class RunConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer "
                                  f"(got {value!r})")
+        keras_vit.variants.check_fits(  # --image-size 100000: refused before anything is built
+            model_architecture(self.recipe.model), self.recipe.image_size, num_prefix_tokens=0,
+            activation_bytes=2 if "16" in self.precision else 4)
         return self
 
     def to_json(self):
@@ -132,15 +135,23 @@ def load_run_config(run_dir: str) -> RunConfig:
     return config
 
 
+def model_architecture(model: str) -> keras_vit.ViTConfig:
+    """The architecture of a recipe's ``model``: ``"tiny"`` or a variant name."""
+    if model == "tiny":
+        return keras_vit.ViTConfig(**TINY_MODEL)
+    if model not in keras_vit.VARIANTS:
+        raise ValueError(f"unknown model {model!r}: expected 'tiny' or one of "
+                         f"{', '.join(sorted(keras_vit.VARIANTS))}")
+    return keras_vit.VARIANTS[model]
+
+
 def build_model(recipe: Recipe, num_classes: int, weights: Optional[str] = None):
     """The recipe's model with a fresh (zero) head for ``num_classes``."""
     common = dict(image_size=recipe.image_size, num_classes=num_classes,
                   dropout_rate=recipe.dropout_rate)
+    model_architecture(recipe.model)
     if recipe.model == "tiny":
         return keras_vit.ViT(**TINY_MODEL, **common, weights=weights, name="vit_tiny")
-    if recipe.model not in keras_vit.VARIANTS:
-        raise ValueError(f"unknown model {recipe.model!r}: expected 'tiny' or one of "
-                         f"{', '.join(sorted(keras_vit.VARIANTS))}")
     return getattr(keras_vit, recipe.model)(weights=weights, **common)
 
 

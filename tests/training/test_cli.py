@@ -177,3 +177,28 @@ def test_damaged_resume_state_is_a_one_line_error_naming_the_file_and_field(tmp_
     assert error.startswith(f"keras-vit train: error: --resume: {data6} cannot be read (")
     assert error.endswith("; no earlier checkpoint is intact (2 more cannot be read): start a "
                           "new run (another --output)")
+
+
+def test_an_image_size_that_cannot_fit_is_refused_with_the_estimate(tmp_path, capsys):
+    """`train --image-size 100000` and `export RUN --image-size 100000`: a one-line error
+    with the estimate, before anything is allocated or written (a ResourceExhaustedError
+    traceback from PatchEncoder.build before)."""
+    import keras_vit
+    out = tmp_path / "run"
+    error = _error(capsys, ["--image-size", "100000", "--batch-size", "16", "--output",
+                            str(out)])
+    assert error.startswith("keras-vit train: error: image size 100000x100000 cannot fit: "
+                            "its 625,000,000 tokens need at least 160.0 GB for the position "
+                            "embedding and ")
+    assert not out.exists()
+    run = tmp_path / "exported-run"
+    run.mkdir()
+    keras_vit.ViT(image_size=32, patch_size=4, hidden_size=64, mlp_size=128, num_heads=4,
+                  num_layers=4, num_classes=3, name="vit_tiny").save(run / "model.keras")
+    models = tmp_path / "models"
+    assert main(["export", str(run), "--image-size", "100000", "--output", str(models)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "keras-vit export: error: image size 100000x100000 cannot fit: its 625,000,001 "
+        "tokens need at least 160.0 GB for the position embedding and "), lines
+    assert not models.exists()
