@@ -11,7 +11,8 @@ import json
 import os
 
 CONFIG = "config.json"        # the run's RunConfig, read back by --resume
-LABELS = "labels.txt"         # class names, one a line
+LABELS = "labels.txt"         # class names, one a line (when every name fits on one)
+LABELS_JSON = "labels.json"   # class names, a JSON list: exactly, whatever the names
 MODEL = "model.keras"         # the final Keras model
 CHECKPOINTS = "checkpoints"   # tf.train checkpoints (model, optimizer, step)
 LOGS = "logs"                 # TensorBoard event files (logs/train)
@@ -35,6 +36,25 @@ def parse_json(text, source: str):
         raise ValueError(f"{source}: not valid JSON (not UTF-8 text: {error.reason})") from None
 
 
+def fits_labels_txt(name: str) -> bool:
+    """Whether ``name`` reads back from ``labels.txt`` as itself: one non-blank line with no
+    surrounding whitespace (a folder may be named ``"a\\nz"`` or ``" "``)."""
+    return bool(name) and name == name.strip() and "\n" not in name and "\r" not in name
+
+
+def labels_json(names) -> str:
+    """The text of ``labels.json``: the class names as a JSON list (escaped: any name)."""
+    return json.dumps(list(names), indent=0, ensure_ascii=False) + "\n"
+
+
+def parse_labels_json(text, source: str) -> list:
+    """The class names of a ``labels.json``; a ValueError naming ``source`` otherwise."""
+    names = parse_json(text, source)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{source}: expected a JSON list of class names (strings)")
+    return names
+
+
 @dataclasses.dataclass(frozen=True)
 class RunLayout:
     """The paths of the run directory ``root``."""
@@ -46,6 +66,7 @@ class RunLayout:
 
     config = property(lambda self: self._join(CONFIG))
     labels = property(lambda self: self._join(LABELS))
+    labels_json = property(lambda self: self._join(LABELS_JSON))
     model = property(lambda self: self._join(MODEL))
     checkpoints = property(lambda self: self._join(CHECKPOINTS))
     logs = property(lambda self: self._join(LOGS))

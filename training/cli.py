@@ -123,10 +123,11 @@ def _check_export(version_dir, model, source):
         images.append(image.numpy())
         truth.append(source.labels[int(label)])
     rows = predict_saved_model(version_dir, images)
+    from export.model_sources import shown_label
     for i, (row, want) in enumerate(zip(rows, truth)):
         names = row.get("labels") or [str(c) for c in row["classes"]]
-        print(f"  served prediction for test image {i}: {names[0]} ({row['scores'][0]:.3f}), "
-              f"true label {want}")
+        print(f"  served prediction for test image {i}: {shown_label(names[0])} "
+              f"({row['scores'][0]:.3f}), true label {shown_label(want)}")
     if not report["ok"]:
         from training.trainer import TrainingError
         raise TrainingError(f"the export {version_dir} failed verification (see above)")

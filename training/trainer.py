@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 import keras_vit
-from export.run_layout import CONFIG, LOCK, RunLayout, parse_json
+from export.run_layout import (CONFIG, LOCK, RunLayout, fits_labels_txt, labels_json,
+                               parse_json)
 from training.data import (DataError, DataSource, load_source, make_eval_pipeline,
                            make_train_pipeline)
 from training.distribute import worker_info
@@ -717,9 +718,25 @@ def _finish(run: _Run, state: _State, loop: dict) -> dict:
     return {"metrics": metrics, "model": state.model, "source": source}
 
 
+def _write_labels(run: _Run) -> None:
+    """``labels.json`` (the class names exactly: what predict and export read), and
+    ``labels.txt`` (one a line) only when every name reads back from it as itself."""
+    layout, names = run.layout, run.source.labels
+    _write_text(layout.labels_json, labels_json(names))
+    if all(fits_labels_txt(name) for name in names):
+        _write_text(layout.labels, "\n".join(names) + "\n")
+        return
+    if tf.io.gfile.exists(layout.labels):
+        tf.io.gfile.remove(layout.labels)
+    odd = [name for name in names if not fits_labels_txt(name)]
+    run.say(f"keras-vit train: class name(s) {', '.join(map(repr, odd[:3]))}"
+            f"{' ...' if len(odd) > 3 else ''} do not fit labels.txt (one a line): the class "
+            f"names are in {layout.labels_json} only")
+
+
 def _write_outputs(run: _Run, model, metrics):
     layout = run.layout
-    _write_text(layout.labels, "\n".join(run.source.labels) + "\n")
+    _write_labels(run)
     partial = layout.model[:-len(".keras")] + ".partial.keras"
     model.save(partial)
     tf.io.gfile.rename(partial, layout.model, overwrite=True)

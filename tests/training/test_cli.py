@@ -202,3 +202,49 @@ def test_an_image_size_that_cannot_fit_is_refused_with_the_estimate(tmp_path, ca
         "keras-vit export: error: image size 100000x100000 cannot fit: its 625,000,001 "
         "tokens need at least 160.0 GB for the position embedding and "), lines
     assert not models.exists()
+
+
+def _class_folders(root, names):
+    for index, name in enumerate(names):
+        os.makedirs(root / name)
+        for i in range(3):
+            (root / name / f"{i}.png").write_bytes(tf.io.encode_png(
+                np.full((8, 8, 3), 60 * index + 10 * i, np.uint8)).numpy())
+
+
+def _predictions(capsys, model, image):
+    assert main(["predict", model, image, "--json", "--top-k", "3"]) == 0
+    return json.loads(capsys.readouterr().out)["predictions"][0]
+
+
+def test_class_names_that_do_not_fit_labels_txt_round_trip_exactly(tmp_path, capsys):
+    """Folders named "a\\nz" and " ": the run stores the names exactly (labels.json), so
+    predict of the run, its own export and a later export of the run name every class
+    alike (labels.txt had three lines for two classes: a silent wrong label, and a blank
+    line predict and export refused)."""
+    root = tmp_path / "images"
+    names = [" ", "a\nz", "c"]  # sorted, as the folder source orders them
+    _class_folders(root, names)
+    out = tmp_path / "run"
+    assert main(["train", *TINY_RUN, "--batch-size", "2", "--dataset", f"folder:{root}",
+                 "--output", str(out)]) == 0
+    assert "labels.json only" in capsys.readouterr().out
+    assert json.loads((out / "labels.json").read_text()) == names
+    assert not (out / "labels.txt").exists()
+    image = str(root / "c" / "0.png")
+    own_export = str(out / "export" / "vit_tiny" / "1")
+    assert main(["export", str(out), "--output", str(tmp_path / "models")]) == 0
+    later_export = str(tmp_path / "models" / "vit_tiny" / "1")
+    capsys.readouterr()
+    for model in (str(out), own_export, later_export):
+        row = _predictions(capsys, model, image)
+        assert sorted(row["classes"]) == [0, 1, 2], model
+        assert row["labels"] == [names[c] for c in row["classes"]], model
+    # The text output keeps one line per image, the odd names quoted.
+    assert main(["predict", str(out), image, image]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and '"a\\nz"' in lines[0] and '" "' in lines[0]
+    # A run written before labels.json: its labels.txt is still read.
+    os.remove(out / "labels.json")
+    (out / "labels.txt").write_text("x\ny\nz\n")
+    assert _predictions(capsys, str(out), image)["labels"][0] in ("x", "y", "z")

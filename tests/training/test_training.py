@@ -379,7 +379,7 @@ def _rewind(run_dir, step):
         if name.startswith("ckpt-") and int(name.split("-")[1].split(".")[0]) > step:
             os.remove(os.path.join(ckpt_dir, name))
     tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.join(ckpt_dir, f"ckpt-{step}"))
-    for name in ("metrics.json", "model.keras", "labels.txt"):
+    for name in ("metrics.json", "model.keras", "labels.txt", "labels.json"):
         if os.path.exists(os.path.join(run_dir, name)):
             os.remove(os.path.join(run_dir, name))
 
