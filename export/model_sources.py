@@ -51,7 +51,7 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
     """A run directory, ``.keras`` file, ``.npz`` checkpoint, timm ``.safetensors`` file or
     transformers directory -> ``(model, labels)``.
 
-    ``labels`` is the run's ``labels.txt`` or a transformers config's ``id2label`` (None
+    ``labels`` is the run's ``labels.json`` (``labels.txt``) or a transformers config's ``id2label`` (None
     when unknown). An ``.npz`` is built as ``architecture`` (e.g. ``"ViT_B16"``) or, without
     it, as the architecture its array shapes describe; a timm file as its shapes describe
     (:func:`keras_vit.from_timm`), a transformers directory as its ``config.json`` says.
@@ -75,11 +75,17 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
                          ".keras file or an .npz checkpoint")
     from keras_vit.weights import load_keras_model
     model = load_keras_model(RunLayout(spec).model if kind == "run" else spec)
-    labels = None
-    if kind == "run" and os.path.exists(RunLayout(spec).labels):
-        from export.saved_model import read_labels
-        labels = read_labels(RunLayout(spec).labels)
-    return model, labels
+    return model, read_run_labels(RunLayout(spec)) if kind == "run" else None
+
+
+def read_run_labels(run: RunLayout) -> Optional[list]:
+    """A run's class names: its ``labels.json`` (exact), else (older runs) its
+    ``labels.txt``; None when it has neither."""
+    from export.saved_model import read_labels
+    for path in (run.labels_json, run.labels):
+        if os.path.exists(path):
+            return read_labels(path)
+    return None
 
 
 def read_image_files(paths: Sequence[str]) -> List[bytes]:
@@ -170,12 +176,18 @@ def predict(spec: str, paths: Sequence[str], top_k: int = 5,
     return predict_keras(model, labels, paths, top_k)
 
 
+def shown_label(name: str) -> str:
+    """A class name as a line of text shows it: as it is, or quoted and escaped (JSON) when
+    it is blank, has surrounding whitespace or a character that is not printable."""
+    return name if name and name.isprintable() and name == name.strip() else json.dumps(name)
+
+
 def format_predictions(rows: Sequence[dict], as_json: bool = False) -> str:
     """One line per image (``file: label p, ...``), or one JSON document."""
     if as_json:
         return json.dumps({"predictions": list(rows)}, indent=2)
     return "\n".join(f"{row['file']}: " + ", ".join(
-        f"{name} {p:.3f}" for name, p in zip(row["labels"], row["probabilities"]))
+        f"{shown_label(name)} {p:.3f}" for name, p in zip(row["labels"], row["probabilities"]))
         for row in rows)
 
 

@@ -205,8 +205,13 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
 
 
 def read_labels(path: str) -> list:
-    """One class name a line; trailing empty lines are ignored, a blank one in between (which
-    would shift every later label) is an error."""
+    """A ``.json`` file: a JSON list of class names, exactly (a run's ``labels.json``).
+    Otherwise one class name a line; trailing empty lines are ignored, a blank one in
+    between (which would shift every later label) is an error."""
+    if path.endswith(".json"):
+        from export.run_layout import parse_labels_json
+        with open(path, "rb") as f:
+            return parse_labels_json(f.read(), path)
     with open(path, encoding="utf-8") as f:
         lines = [line.rstrip("\r\n") for line in f]
     while lines and not lines[-1].strip():

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from typing import Iterator, Optional
 
@@ -52,16 +53,44 @@ def existing_versions(model_dir: str) -> list:
                   if re.fullmatch(r"[1-9][0-9]*", d)) if os.path.isdir(model_dir) else []
 
 
+class LockHeld(OSError):
+    """Another live process holds the lock (``holder``: its pid and host, as it recorded them)."""
+
+    def __init__(self, path: str, holder: str):
+        super().__init__(f"{path} is held by {holder}")
+        self.path, self.holder = path, holder
+
+
+def _holder(fd: int) -> str:
+    """``pid N on host H`` as the holder wrote it into the lock file (unknown while it has
+    not yet written it)."""
+    try:
+        pid, host = os.pread(fd, 4096, 0).decode("utf-8", "replace").split(maxsplit=1)
+        return f"pid {int(pid)} on host {host.strip()}"
+    except (OSError, ValueError):
+        return "another process (pid not yet recorded)"
+
+
 @contextlib.contextmanager
-def locked(path: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block."""
+def locked(path: str, wait: bool = True) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    The holder records its pid and host in the file. The kernel releases the lock when the
+    holder's process ends, however it ends, so a lock left by a killed process never blocks
+    (the file stays, with its last holder's line). ``wait=False``: raise :class:`LockHeld`
+    naming the holder instead of waiting for it.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.info("waiting for another export holding %s", path)
+            if not wait:
+                raise LockHeld(path, _holder(fd)) from None
+            logger.info("waiting for %s holding %s", _holder(fd), path)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -12,6 +12,7 @@ import numpy as np
 
 from keras_vit.models import model_image_size
 from keras_vit.position_embeddings import resize_position_embeddings, to_pair
+from keras_vit.variants import ViTConfig, check_fits
 
 # Name patterns of the weights that weight decay leaves alone (matched with ``re.search``
 # against variable names, as ``keras.optimizers.AdamW.exclude_from_weight_decay(var_names=)``
@@ -92,6 +93,7 @@ def model_at_resolution(model: keras.Model, image_size) -> keras.Model:
         raise ValueError(f"image_size {size} is not a multiple of {stride} (the patch size"
                          f"{', times the ResNet stride' if stride != _patch(model) else ''})")
     grid = [size[0] // stride, size[1] // stride]
+    check_fits(model_config(model), size, model.get_layer("posembed_input").num_prefix_tokens)
 
     def edit(config):
         if config.get("name") == "posembed_input":
@@ -106,6 +108,22 @@ def model_at_resolution(model: keras.Model, image_size) -> keras.Model:
                 for variable, value in zip(layer.weights, weights)]
 
     return rebuild(model, edit, convert)
+
+
+def model_config(model: keras.Model) -> ViTConfig:
+    """The architecture (:class:`keras_vit.ViTConfig`) of a built keras_vit model."""
+    names = [layer.name for layer in model.layers]
+    blocks = [name for name in names if re.fullmatch(r"encoderblock_\d+", name)]
+    first = model.get_layer(blocks[0]) if blocks else None
+    units = [re.fullmatch(r"block(\d+)_unit\d+", name) for name in names]
+    stages = [sum(1 for u in units if u and int(u[1]) == s + 1)
+              for s in range(max((int(u[1]) for u in units if u), default=0))]
+    width = model.get_layer("conv_root").filters // 64 if "conv_root" in names else 1
+    return ViTConfig(patch_size=_patch(model),
+                     hidden_size=model.get_layer("embedding").hidden_size,
+                     mlp_size=first.mlp_size if first else 0,
+                     num_heads=first.num_heads if first else 1, num_layers=len(blocks),
+                     resnet_stages=tuple(stages) or None, resnet_width=width)
 
 
 def _patch(model):

@@ -13,7 +13,7 @@ from keras_vit.layers.pooling import CLASSIFIERS
 from keras_vit.layers.resnet import group_norm
 from keras_vit.position_embeddings import to_pair
 from keras_vit.sources import source_numerics
-from keras_vit.variants import VARIANTS, ViTConfig, total_stride
+from keras_vit.variants import VARIANTS, ViTConfig, check_fits, total_stride
 
 logger = logging.getLogger("keras_vit")
 
@@ -137,6 +137,10 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
                          f"{'ResNet stride times the ' if config.resnet_stages else ''}patch "
                          f"size); expected multiples of {stride}")
     grid = (height // stride, width // stride)
+    policy = keras.dtype_policies.get(dtype) if dtype is not None else \
+        keras.config.dtype_policy()
+    check_fits(config, (height, width), int(classifier == "token"),
+               activation_bytes=2 if "16" in policy.compute_dtype else 4)
 
     inputs = keras.Input(shape=(None, None, channels), name="images")
     x = ImageValidation(stride, channels, name="image_validation", dtype=dtype)(inputs)

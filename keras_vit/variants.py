@@ -5,6 +5,7 @@ Every named builder in :mod:`keras_vit.models` is one line reading this table.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional, Tuple
 
 
@@ -68,3 +69,68 @@ def total_stride(config: ViTConfig) -> int:
         return config.patch_size
     # Stem: conv stride 2 + max-pool stride 2; every stage after the first halves again.
     return config.patch_size * 4 * 2 ** (len(config.resnet_stages) - 1)
+
+
+def physical_memory() -> Optional[int]:
+    """Bytes of memory of this machine (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def estimate_memory(config: ViTConfig, image_size, num_prefix_tokens: int = 1,
+                    activation_bytes: int = 4) -> dict:
+    """Lower bounds of the memory a model of ``config`` built for ``image_size`` needs.
+
+    Args:
+        config: the architecture.
+        image_size: (height, width) in pixels, multiples of :func:`total_stride`.
+        num_prefix_tokens: 1 with a class token, 0 without.
+        activation_bytes: bytes of one activation (4: float32, 2: mixed precision).
+
+    Returns:
+        ``{"tokens": ..., "position_embedding": ..., "activations": ...}``: the tokens per
+        image, the bytes of the float32 position embedding (allocated when the model is
+        built), and of the activations one image needs at least in one forward pass (the
+        largest single tensor: one layer's attention scores ``heads x tokens^2``, the MLP's
+        hidden layer, the image or the ResNet stem's output, plus the token sequence twice).
+    """
+    height, width = (int(image_size), int(image_size)) if isinstance(image_size, int) \
+        else (int(image_size[0]), int(image_size[1]))
+    stride = total_stride(config)
+    tokens = (height // stride) * (width // stride) + num_prefix_tokens
+    stem = (height // 2) * (width // 2) * 64 * config.resnet_width \
+        if config.resnet_stages else 0
+    largest = max(config.num_heads * tokens ** 2, tokens * config.mlp_size,
+                  height * width * 3, stem)
+    return {"tokens": tokens, "position_embedding": tokens * config.hidden_size * 4,
+            "activations": (largest + 2 * tokens * config.hidden_size) * activation_bytes}
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB", "EB"):
+        if num_bytes < 1000 or unit == "EB":
+            return f"{num_bytes:,.0f} {unit}" if unit == "bytes" else f"{num_bytes:,.1f} {unit}"
+        num_bytes /= 1000
+
+
+def check_fits(config: ViTConfig, image_size, num_prefix_tokens: int = 1,
+               activation_bytes: int = 4, memory: Optional[int] = None) -> None:
+    """A ValueError, with the estimate (:func:`estimate_memory`), when a model of ``config``
+    at ``image_size`` cannot fit in ``memory`` bytes (default: this machine's): called
+    before anything is allocated (``--image-size 100000`` would otherwise fail allocating
+    its position embedding, deep inside TensorFlow)."""
+    memory = physical_memory() if memory is None else memory
+    if memory is None:
+        return
+    need = estimate_memory(config, image_size, num_prefix_tokens, activation_bytes)
+    if need["position_embedding"] + need["activations"] <= memory:
+        return
+    size = "x".join(str(int(s)) for s in ((image_size, image_size)
+                                          if isinstance(image_size, int) else image_size))
+    raise ValueError(f"image size {size} cannot fit: its {need['tokens']:,} tokens need at "
+                     f"least {_size(need['position_embedding'])} for the position embedding "
+                     f"and {_size(need['activations'])} of activations for one image "
+                     f"(estimate), more than the {_size(memory)} of memory here; choose a "
+                     "smaller image size")

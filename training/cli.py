@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
 import time
@@ -123,10 +123,11 @@ def _check_export(version_dir, model, source):
         images.append(image.numpy())
         truth.append(source.labels[int(label)])
     rows = predict_saved_model(version_dir, images)
+    from export.model_sources import shown_label
     for i, (row, want) in enumerate(zip(rows, truth)):
         names = row.get("labels") or [str(c) for c in row["classes"]]
-        print(f"  served prediction for test image {i}: {names[0]} ({row['scores'][0]:.3f}), "
-              f"true label {want}")
+        print(f"  served prediction for test image {i}: {shown_label(names[0])} "
+              f"({row['scores'][0]:.3f}), true label {shown_label(want)}")
     if not report["ok"]:
         from training.trainer import TrainingError
         raise TrainingError(f"the export {version_dir} failed verification (see above)")
@@ -150,8 +151,8 @@ def run_evaluate(args) -> int:
         run = RunLayout(args.model)
         model_path = run.model
         if os.path.exists(run.config):
-            with open(run.config) as f:
-                recipe_data = json.load(f)["recipe"]
+            from training.trainer import load_run_config
+            recipe_data = dataclasses.asdict(load_run_config(args.model).recipe)
     if not os.path.exists(model_path):
         raise ValueError(f"model not found: {model_path}")
     dataset = args.dataset or recipe_data.get("dataset")

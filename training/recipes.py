@@ -51,6 +51,12 @@ class Recipe:
             bad("learning_rate", "a finite positive number", self.learning_rate)
         if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
             bad("weight_decay", "a finite number >= 0", self.weight_decay)
+        if self.crop_area_min is not None and not 0 < self.crop_area_min <= 1:
+            raise ValueError(f"recipe field crop_area_min must be in (0, 1] or null (got "
+                             f"{self.crop_area_min!r})")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"recipe field dropout_rate must be in [0, 1) (got "
+                             f"{self.dropout_rate!r})")
         return self
 
     def replace(self, **overrides) -> "Recipe":

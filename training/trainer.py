@@ -10,6 +10,7 @@ any TensorFlow filesystem works for them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 import keras_vit
-from export.run_layout import CONFIG, RunLayout
+from export.run_layout import (CONFIG, LOCK, RunLayout, fits_labels_txt, labels_json,
+                               parse_json)
 from training.data import (DataError, DataSource, load_source, make_eval_pipeline,
                            make_train_pipeline)
 from training.distribute import worker_info
@@ -64,6 +66,9 @@ class RunConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer "
                                  f"(got {value!r})")
+        keras_vit.variants.check_fits(  # --image-size 100000: refused before anything is built
+            model_architecture(self.recipe.model), self.recipe.image_size, num_prefix_tokens=0,
+            activation_bytes=2 if "16" in self.precision else 4)
         return self
 
     def to_json(self):
@@ -73,10 +78,7 @@ class RunConfig:
     @classmethod
     def from_json(cls, text, source: str = CONFIG):
         """Parses ``text``; errors (ValueError) name ``source`` and the offending key."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{source}: not valid JSON ({error})") from None
+        data = parse_json(text, source)
         if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
             raise ValueError(f"{source}: expected a run configuration with a 'recipe' object")
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)}) + sorted(
@@ -85,11 +87,42 @@ class RunConfig:
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)} (written by "
                              "another version of keras-vit?)")
+        _check_field_types(cls, data, source)
+        _check_field_types(Recipe, data["recipe"], source, "recipe.")
         try:
             data["recipe"] = Recipe(**data["recipe"])
-            return cls(**data)
+            config = cls(**data)
         except TypeError as error:  # a missing key
             raise ValueError(f"{source}: {error}") from None
+        try:
+            return config.validate()
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+
+
+# What a field of config.json may hold, by its declared type ("Optional[...]": also null).
+_FIELD_KINDS = {"str": ((str,), "a string"), "bool": ((bool,), "true or false"),
+                "int": ((int,), "an integer"), "float": ((int, float), "a number")}
+
+
+def _check_field_types(cls, data: dict, source: str, prefix: str = "") -> None:
+    """Every field of ``data`` holds a value of the type ``cls`` declares for it (a
+    config.json edited by hand: ``"crop_area_min": "abc"`` would fail deep in tf.image)."""
+    for field in dataclasses.fields(cls):
+        declared = str(field.type)
+        if field.name not in data or declared not in _FIELD_KINDS and \
+                not declared.startswith("Optional["):
+            continue
+        optional = declared.startswith("Optional[")
+        types, need = _FIELD_KINDS[declared[len("Optional["):-1] if optional else declared]
+        value = data[field.name]
+        if value is None and optional:
+            continue
+        if value is None or not isinstance(value, types) or \
+                (isinstance(value, bool) and bool not in types):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise ValueError(f"{source}: field {prefix}{field.name} must be {need}"
+                             f"{' or null' if optional else ''}, got {shown}")
 
 
 def load_run_config(run_dir: str) -> RunConfig:
@@ -97,21 +130,29 @@ def load_run_config(run_dir: str) -> RunConfig:
     path = RunLayout(run_dir).config
     if not tf.io.gfile.exists(path):
         raise ValueError(f"--resume: {path} not found (not a keras-vit run directory)")
-    with tf.io.gfile.GFile(path) as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
         config = RunConfig.from_json(f.read(), source=path)
     config.output = run_dir
     return config
+
+
+def model_architecture(model: str) -> keras_vit.ViTConfig:
+    """The architecture of a recipe's ``model``: ``"tiny"`` or a variant name."""
+    if model == "tiny":
+        return keras_vit.ViTConfig(**TINY_MODEL)
+    if model not in keras_vit.VARIANTS:
+        raise ValueError(f"unknown model {model!r}: expected 'tiny' or one of "
+                         f"{', '.join(sorted(keras_vit.VARIANTS))}")
+    return keras_vit.VARIANTS[model]
 
 
 def build_model(recipe: Recipe, num_classes: int, weights: Optional[str] = None):
     """The recipe's model with a fresh (zero) head for ``num_classes``."""
     common = dict(image_size=recipe.image_size, num_classes=num_classes,
                   dropout_rate=recipe.dropout_rate)
+    model_architecture(recipe.model)
     if recipe.model == "tiny":
         return keras_vit.ViT(**TINY_MODEL, **common, weights=weights, name="vit_tiny")
-    if recipe.model not in keras_vit.VARIANTS:
-        raise ValueError(f"unknown model {recipe.model!r}: expected 'tiny' or one of "
-                         f"{', '.join(sorted(keras_vit.VARIANTS))}")
     return getattr(keras_vit, recipe.model)(weights=weights, **common)
 
 
@@ -282,7 +323,12 @@ class _State:
 
 
 def _train(config, strategy, resume, source, verbose):
-    run = _set_up(config, strategy, resume, source, verbose)
+    with contextlib.ExitStack() as held:
+        run = _set_up(config, strategy, resume, source, verbose, held)
+        return _run(run)
+
+
+def _run(run: _Run) -> dict:
     state = _create_state(run)
     if state.step > run.total_steps:
         raise ValueError(f"the run in {run.layout.root} is at step {state.step}, beyond the "
@@ -297,8 +343,9 @@ def _train(config, strategy, resume, source, verbose):
     return _finish(run, state, loop)
 
 
-def _set_up(config, strategy, resume, source, verbose) -> _Run:
-    """Validates the configuration and the run directory, loads the data."""
+def _set_up(config, strategy, resume, source, verbose, held) -> _Run:
+    """Validates the configuration and the run directory (the chief locks it for the run,
+    in ``held``), loads the data."""
     config.validate()
     recipe = config.recipe
     replicas = strategy.num_replicas_in_sync
@@ -308,6 +355,9 @@ def _set_up(config, strategy, resume, source, verbose) -> _Run:
     is_chief, task_id = worker_info(strategy)
     layout = RunLayout(config.output)
     _check_run_directory(layout, resume, config.export)
+    if is_chief:
+        held.enter_context(_lock_run_directory(layout))
+        _check_run_directory(layout, resume, config.export)  # again, now that it is ours
     keras.config.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)  # same initial weights for the same --seed
     source = source or load_source(recipe.dataset, config.data_dir, config.train_split,
@@ -321,6 +371,26 @@ def _set_up(config, strategy, resume, source, verbose) -> _Run:
     total_steps = recipe.steps or (recipe.epochs or 1) * steps_per_epoch
     return _Run(config, strategy, layout, source, resume, verbose, is_chief, task_id,
                 steps_per_epoch, total_steps)
+
+
+@contextlib.contextmanager
+def _lock_run_directory(layout: RunLayout):
+    """The run's lock (``export.versions.locked``, the exports' flock): a second run into
+    the same directory is refused naming the holder; a killed holder's lock does not block.
+    A directory on another filesystem (``gs://``...) cannot be flocked and is not locked."""
+    if "://" in layout.root:
+        yield
+        return
+    from export.versions import LockHeld, locked
+    os.makedirs(layout.root, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locked(layout.lock, wait=False))
+        except LockHeld as error:
+            raise TrainingError(f"--output {layout.root} is in use by another keras-vit train "
+                                f"({error.holder}; lock {layout.lock}): wait for it to finish "
+                                "or choose another --output") from None
+        yield
 
 
 def _check_run_directory(layout: RunLayout, resume: bool, export: bool) -> None:
@@ -341,7 +411,7 @@ def _check_run_directory(layout: RunLayout, resume: bool, export: bool) -> None:
                             "--resume to continue it or choose another --output")
     if gfile.exists(layout.root) and not gfile.isdir(layout.root):
         raise TrainingError(f"--output {layout.root} is a file, not a directory")
-    if gfile.isdir(layout.root) and gfile.listdir(layout.root) and \
+    if gfile.isdir(layout.root) and set(gfile.listdir(layout.root)) - {LOCK} and \
             not gfile.exists(layout.config):
         raise TrainingError(f"--output {layout.root} exists and is not a keras-vit run "
                             f"directory (no {CONFIG}); choose another --output")
@@ -373,8 +443,7 @@ def _create_state(run: _Run) -> _State:
         tf.io.gfile.rmtree(write_dir)  # a stale scratch of an earlier attempt
     manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=3)
     if run.resume:
-        latest = tf.train.latest_checkpoint(run.layout.checkpoints)
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        _restore(run, checkpoint)
     if run.is_chief:
         tf.io.gfile.makedirs(run.layout.root)
         _write_text(run.layout.config, run.config.to_json())
@@ -387,13 +456,58 @@ def _create_state(run: _Run) -> _State:
     return state
 
 
+def _restore(run: _Run, checkpoint: tf.train.Checkpoint) -> None:
+    """Restores the newest checkpoint that reads back whole.
+
+    A damaged one (a truncated ``ckpt-N.data-*``...) is named, and the run goes on from the
+    newest earlier checkpoint that restores, saying so: training is a function of the step
+    (the data order and augmentation are keyed by seed and position), so the steps after
+    it are trained again to the same weights, and saving them overwrites the damaged files.
+    With no intact checkpoint left, a TrainingError names the damaged files.
+    """
+    directory = run.layout.checkpoints
+    state = tf.train.get_checkpoint_state(directory)
+    prefixes = set(state.all_model_checkpoint_paths if state else [])
+    prefixes.add(tf.train.latest_checkpoint(directory))
+    prefixes = sorted((p for p in prefixes if p and tf.io.gfile.exists(p + ".index")),
+                      key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
+    damaged = []
+    for prefix in prefixes:
+        try:
+            checkpoint.restore(prefix).assert_existing_objects_matched()
+        except Exception as error:  # TensorFlow raises IndexError, DataLossError, ...
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            damaged.append(f"{_checkpoint_files(prefix)} cannot be read ({detail})")
+            continue
+        if damaged:
+            run.say(f"keras-vit train: {'; '.join(damaged)}: resuming from {prefix}, the "
+                    "newest intact checkpoint (the steps after it are trained again, to the "
+                    "same weights)")
+        return
+    if not damaged:
+        raise TrainingError(f"--resume: no checkpoint in {directory}")
+    raise TrainingError(f"--resume: {damaged[0]}; no earlier checkpoint is intact"
+                        + (f" ({len(damaged) - 1} more cannot be read)" if len(damaged) > 1
+                           else "") + f": start a new run (another --output)")
+
+
+def _checkpoint_files(prefix: str) -> str:
+    """The files of checkpoint ``prefix`` to blame: its data files if its index reads."""
+    try:
+        tf.train.load_checkpoint(prefix)
+    except Exception:  # noqa: BLE001 (any failure to read the index)
+        return prefix + ".index"
+    return ", ".join(sorted(tf.io.gfile.glob(prefix + ".data-*"))) or prefix
+
+
 def _finished_metrics(run: _Run, state: _State) -> Optional[dict]:
     """The metrics of a resumed run that had already finished (else None)."""
     if state.step < run.total_steps or not tf.io.gfile.exists(run.layout.metrics):
         return None
-    with tf.io.gfile.GFile(run.layout.metrics) as f:
-        metrics = json.load(f)
-    return metrics if metrics.get("steps") == state.step else None
+    with tf.io.gfile.GFile(run.layout.metrics, "rb") as f:
+        metrics = parse_json(f.read(), run.layout.metrics)
+    return metrics if isinstance(metrics, dict) and metrics.get("steps") == state.step \
+        else None
 
 
 class _Stopped(Exception):
@@ -604,9 +718,25 @@ def _finish(run: _Run, state: _State, loop: dict) -> dict:
     return {"metrics": metrics, "model": state.model, "source": source}
 
 
+def _write_labels(run: _Run) -> None:
+    """``labels.json`` (the class names exactly: what predict and export read), and
+    ``labels.txt`` (one a line) only when every name reads back from it as itself."""
+    layout, names = run.layout, run.source.labels
+    _write_text(layout.labels_json, labels_json(names))
+    if all(fits_labels_txt(name) for name in names):
+        _write_text(layout.labels, "\n".join(names) + "\n")
+        return
+    if tf.io.gfile.exists(layout.labels):
+        tf.io.gfile.remove(layout.labels)
+    odd = [name for name in names if not fits_labels_txt(name)]
+    run.say(f"keras-vit train: class name(s) {', '.join(map(repr, odd[:3]))}"
+            f"{' ...' if len(odd) > 3 else ''} do not fit labels.txt (one a line): the class "
+            f"names are in {layout.labels_json} only")
+
+
 def _write_outputs(run: _Run, model, metrics):
     layout = run.layout
-    _write_text(layout.labels, "\n".join(run.source.labels) + "\n")
+    _write_labels(run)
     partial = layout.model[:-len(".keras")] + ".partial.keras"
     model.save(partial)
     tf.io.gfile.rename(partial, layout.model, overwrite=True)

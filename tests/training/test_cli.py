@@ -128,3 +128,123 @@ def test_training_refuses_the_onednn_weight_cache(tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match="TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set.*unset it"):
         train(RunConfig(recipe=recipe, output=str(out)), tf.distribute.get_strategy())
     assert not out.exists()
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def test_damaged_resume_state_is_a_one_line_error_naming_the_file_and_field(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_RUN, "--checkpoint-every", "2", "--output", str(out),
+                 "--no-export"]) == 0
+    capsys.readouterr()
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    # A field of the wrong type (a TypeError inside tf.image before).
+    config_path.write_text(json.dumps(dict(config, recipe=dict(config["recipe"],
+                                                                 crop_area_min="abc"))))
+    assert _error(capsys, ["--resume", "--output", str(out), "--steps", "6"]) == (
+        f"keras-vit train: error: {config_path}: field recipe.crop_area_min must be a number "
+        "or null, got 'abc'")
+    config_path.write_text(json.dumps(dict(config, seed=[1])))
+    assert f"{config_path}: field seed must be an integer, got [1]" in _error(
+        capsys, ["--resume", "--output", str(out)])
+    # 100,000 nested "[" (a RecursionError before).
+    config_path.write_text("[" * 100_000)
+    assert _error(capsys, ["--resume", "--output", str(out)]) == (
+        f"keras-vit train: error: {config_path}: not valid JSON (nested too deeply)")
+    config_path.write_text(json.dumps(config))
+    # A truncated data file of the newest checkpoint: named, the run goes on from ckpt-2.
+    ckpt = out / "checkpoints"
+    data4 = next(str(ckpt / n) for n in os.listdir(ckpt) if n.startswith("ckpt-4.data"))
+    _truncate(data4)
+    assert main(["train", "--resume", "--output", str(out), "--steps", "6"]) == 0
+    said = capsys.readouterr().out
+    assert f"{data4} cannot be read (" in said
+    assert f"resuming from {ckpt / 'ckpt-2'}, the newest intact checkpoint" in said
+    assert "resumed at step 2" in said
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+    assert tf.train.latest_checkpoint(str(ckpt)) == str(ckpt / "ckpt-6")
+    tf.train.load_checkpoint(str(ckpt / "ckpt-4")).get_variable_to_shape_map()  # rewritten
+    # Every kept checkpoint damaged: one line naming the newest, nothing to fall back on.
+    for name in os.listdir(ckpt):
+        if ".data-" in name:
+            _truncate(ckpt / name)
+    data6 = next(str(ckpt / n) for n in os.listdir(ckpt) if n.startswith("ckpt-6.data"))
+    error = _error(capsys, ["--resume", "--output", str(out), "--steps", "8"])
+    assert error.startswith(f"keras-vit train: error: --resume: {data6} cannot be read (")
+    assert error.endswith("; no earlier checkpoint is intact (2 more cannot be read): start a "
+                          "new run (another --output)")
+
+
+def test_an_image_size_that_cannot_fit_is_refused_with_the_estimate(tmp_path, capsys):
+    """`train --image-size 100000` and `export RUN --image-size 100000`: a one-line error
+    with the estimate, before anything is allocated or written (a ResourceExhaustedError
+    traceback from PatchEncoder.build before)."""
+    import keras_vit
+    out = tmp_path / "run"
+    error = _error(capsys, ["--image-size", "100000", "--batch-size", "16", "--output",
+                            str(out)])
+    assert error.startswith("keras-vit train: error: image size 100000x100000 cannot fit: "
+                            "its 625,000,000 tokens need at least 160.0 GB for the position "
+                            "embedding and ")
+    assert not out.exists()
+    run = tmp_path / "exported-run"
+    run.mkdir()
+    keras_vit.ViT(image_size=32, patch_size=4, hidden_size=64, mlp_size=128, num_heads=4,
+                  num_layers=4, num_classes=3, name="vit_tiny").save(run / "model.keras")
+    models = tmp_path / "models"
+    assert main(["export", str(run), "--image-size", "100000", "--output", str(models)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "keras-vit export: error: image size 100000x100000 cannot fit: its 625,000,001 "
+        "tokens need at least 160.0 GB for the position embedding and "), lines
+    assert not models.exists()
+
+
+def _class_folders(root, names):
+    for index, name in enumerate(names):
+        os.makedirs(root / name)
+        for i in range(3):
+            (root / name / f"{i}.png").write_bytes(tf.io.encode_png(
+                np.full((8, 8, 3), 60 * index + 10 * i, np.uint8)).numpy())
+
+
+def _predictions(capsys, model, image):
+    assert main(["predict", model, image, "--json", "--top-k", "3"]) == 0
+    return json.loads(capsys.readouterr().out)["predictions"][0]
+
+
+def test_class_names_that_do_not_fit_labels_txt_round_trip_exactly(tmp_path, capsys):
+    """Folders named "a\\nz" and " ": the run stores the names exactly (labels.json), so
+    predict of the run, its own export and a later export of the run name every class
+    alike (labels.txt had three lines for two classes: a silent wrong label, and a blank
+    line predict and export refused)."""
+    root = tmp_path / "images"
+    names = [" ", "a\nz", "c"]  # sorted, as the folder source orders them
+    _class_folders(root, names)
+    out = tmp_path / "run"
+    assert main(["train", *TINY_RUN, "--batch-size", "2", "--dataset", f"folder:{root}",
+                 "--output", str(out)]) == 0
+    assert "labels.json only" in capsys.readouterr().out
+    assert json.loads((out / "labels.json").read_text()) == names
+    assert not (out / "labels.txt").exists()
+    image = str(root / "c" / "0.png")
+    own_export = str(out / "export" / "vit_tiny" / "1")
+    assert main(["export", str(out), "--output", str(tmp_path / "models")]) == 0
+    later_export = str(tmp_path / "models" / "vit_tiny" / "1")
+    capsys.readouterr()
+    for model in (str(out), own_export, later_export):
+        row = _predictions(capsys, model, image)
+        assert sorted(row["classes"]) == [0, 1, 2], model
+        assert row["labels"] == [names[c] for c in row["classes"]], model
+    # The text output keeps one line per image, the odd names quoted.
+    assert main(["predict", str(out), image, image]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and '"a\\nz"' in lines[0] and '" "' in lines[0]
+    # A run written before labels.json: its labels.txt is still read.
+    os.remove(out / "labels.json")
+    (out / "labels.txt").write_text("x\ny\nz\n")
+    assert _predictions(capsys, str(out), image)["labels"][0] in ("x", "y", "z")

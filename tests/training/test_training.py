@@ -379,7 +379,7 @@ def _rewind(run_dir, step):
         if name.startswith("ckpt-") and int(name.split("-")[1].split(".")[0]) > step:
             os.remove(os.path.join(ckpt_dir, name))
     tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.join(ckpt_dir, f"ckpt-{step}"))
-    for name in ("metrics.json", "model.keras", "labels.txt"):
+    for name in ("metrics.json", "model.keras", "labels.txt", "labels.json"):
         if os.path.exists(os.path.join(run_dir, name)):
             os.remove(os.path.join(run_dir, name))
 
@@ -397,3 +397,56 @@ def test_resumed_run_with_augmentation_equals_the_uninterrupted_one(tmp_path):
     assert resumed["metrics"]["steps"] == 6
     for want, got in zip(expected, resumed["model"].weights):
         np.testing.assert_array_equal(got.numpy(), want)
+
+
+def _start_holder(out):
+    """A `keras-vit train` process into ``out``, returned once it is training (its run line
+    printed, after it took the run directory); its stdout is drained by a thread."""
+    import queue
+    import threading
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "training", "--image-size", "16",
+                             "--batch-size", "16", "--steps", "100000", "--checkpoint-every",
+                             "100000", "--output", out, "--no-export"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout],
+                     daemon=True).start()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if lines.get(timeout=max(deadline - time.time(), 0.1)).startswith(
+                    "keras-vit train: tiny on digits"):
+                return proc
+        except queue.Empty:
+            break
+    proc.kill()
+    raise AssertionError("the first run never started training")
+
+
+def test_two_runs_into_one_output_the_second_is_refused_naming_the_holder(tmp_path):
+    """Two real processes: the second `keras-vit train --output R` while the first trains
+    into R ends in one line naming the first (pid, host); R stays the first run's. Once the
+    holder is killed (-9: its lock left behind), R is free again."""
+    import socket
+    out = str(tmp_path / "run")
+    holder = _start_holder(out)
+    try:
+        second = _cli("--image-size", "16", "--batch-size", "16", "--steps", "2",
+                      "--warmup-steps", "1", "--seed", "2", "--output", out, "--no-export")
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
+    errors = [line for line in second.stderr.splitlines() if line.startswith("keras-vit")]
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert errors == [f"keras-vit train: error: --output {out} is in use by another "
+                      f"keras-vit train (pid {holder.pid} on host {socket.gethostname()}; "
+                      f"lock {os.path.join(out, '.run.lock')}): wait for it to finish or "
+                      "choose another --output"], second.stderr[-3000:]
+    assert json.load(open(os.path.join(out, "config.json")))["seed"] == 0
+    # The killed holder's lock file is still there, with its line: it does not block.
+    assert open(os.path.join(out, ".run.lock")).read().startswith(f"{holder.pid} ")
+    result = train(RunConfig(recipe=QUICK.replace(steps=2), output=out, export=False),
+                   make_strategy("default"), verbose=False)
+    assert result["metrics"]["steps"] == 2
