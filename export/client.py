@@ -14,7 +14,7 @@ import time
 import urllib.parse
 from typing import List, Sequence
 
-from export.signatures import DEFAULT_SIGNATURE, find_signature
+from export.signatures import DEFAULT_MAX_BATCH, DEFAULT_SIGNATURE, find_signature
 
 DEFAULT_TIMEOUT = 30.0  # seconds for the whole call
 MAX_RESPONSE_BYTES = 64 * 2 ** 20
@@ -171,9 +171,16 @@ def predict_grpc(address: str, images: Sequence[bytes], model: str = "vit",
 
 
 def predict_saved_model(version_dir: str, images: Sequence[bytes]) -> List[dict]:
-    """Runs the export's ``serving_default`` locally (no server)."""
+    """Runs the export's ``serving_default`` locally (no server), in requests of at most
+    the export's ``max_batch`` images."""
     import tensorflow as tf
-    loaded = tf.saved_model.load(version_dir)
-    outputs = loaded.signatures[DEFAULT_SIGNATURE.name](
-        **{DEFAULT_SIGNATURE.input_key: tf.constant(list(images))})
-    return _rows({k: v.numpy() for k, v in outputs.items()}, len(images), version_dir)
+
+    from export.saved_model import read_export_info
+    batch = read_export_info(version_dir).get("max_batch", DEFAULT_MAX_BATCH)
+    serve = tf.saved_model.load(version_dir).signatures[DEFAULT_SIGNATURE.name]
+    rows = []
+    for start in range(0, len(images), batch):
+        chunk = list(images[start:start + batch])
+        outputs = serve(**{DEFAULT_SIGNATURE.input_key: tf.constant(chunk, tf.string)})
+        rows += _rows({k: v.numpy() for k, v in outputs.items()}, len(chunk), version_dir)
+    return rows
