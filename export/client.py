@@ -8,7 +8,9 @@ classes and scores per image) before anything is returned; anything else is a on
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
+import io
 import json
 import time
 import urllib.parse
@@ -55,14 +57,49 @@ def _rows(outputs, count: int, source: str) -> List[dict]:
     return rows
 
 
-def _deadline_read(sock, response, deadline: float, max_bytes: int, source: str) -> bytes:
+class _DeadlineReader(io.RawIOBase):
+    """A socket's bytes, each receive bounded by what is left of the call's deadline: a
+    server trickling its status line, headers, chunk sizes or body one byte at a time
+    cannot stretch the call past it (a per-read timeout would restart at every byte)."""
+
+    def __init__(self, sock, deadline: float):
+        super().__init__()
+        # The socket's own raw reader keeps it open while the response reads (as
+        # http.client's makefile does when the connection closes its end early).
+        self.sock, self.raw, self.deadline = sock, sock.makefile("rb", buffering=0), deadline
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the call's deadline passed")
+        self.sock.settimeout(remaining)
+        return self.raw.readinto(buffer)
+
+    def close(self):
+        self.raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What ``http.client.HTTPResponse`` reads a response through (it only calls
+    ``makefile("rb")``)."""
+
+    def __init__(self, sock, deadline: float):
+        self.sock, self.deadline = sock, deadline
+
+    def makefile(self, mode, *args, **kwargs):
+        return io.BufferedReader(_DeadlineReader(self.sock, self.deadline))
+
+
+def _deadline_read(response, deadline: float, max_bytes: int, source: str) -> bytes:
     """The response body, read against the call's ``deadline`` (time.monotonic())."""
     chunks, size = [], 0
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if deadline - time.monotonic() <= 0:
             raise ServingError(f"no complete answer from {source} within the deadline")
-        sock.settimeout(remaining)
         chunk = response.read1(65536)
         if not chunk:
             return b"".join(chunks)
@@ -70,6 +107,11 @@ def _deadline_read(sock, response, deadline: float, max_bytes: int, source: str)
         if size > max_bytes:
             raise ServingError(f"answer from {source} is over {max_bytes} bytes")
         chunks.append(chunk)
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock, *args, deadline_socket, **kwargs):
+        super().__init__(deadline_socket, *args, **kwargs)
 
 
 def _post(url: str, body: bytes, timeout: float, max_bytes: int):
@@ -85,10 +127,11 @@ def _post(url: str, body: bytes, timeout: float, max_bytes: int):
         connection.sock.settimeout(max(deadline - time.monotonic(), 0.001))
         connection.request("POST", parts.path + (f"?{parts.query}" if parts.query else ""),
                            body=body, headers={"Content-Type": "application/json"})
-        sock = connection.sock  # getresponse() forgets it when the server will close
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        response = connection.getresponse()
-        return response.status, _deadline_read(sock, response, deadline, max_bytes, url)
+        # The status line, headers and body are all read through the deadline-bound reader.
+        connection.response_class = functools.partial(
+            _DeadlineResponse, deadline_socket=_DeadlineSocket(connection.sock, deadline))
+        with connection.getresponse() as response:
+            return response.status, _deadline_read(response, deadline, max_bytes, url)
     except TimeoutError:
         raise ServingError(f"no complete answer from {url} within {timeout:g} s") from None
     except (OSError, http.client.HTTPException) as error:

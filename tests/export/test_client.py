@@ -97,3 +97,37 @@ def test_an_oversized_answer_is_refused():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _trickle_headers(handler):
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+    for i in range(12):  # one header line every 0.5 s: 6 s in all, bounded
+        handler.wfile.write(b"X-Slow-%d: 1\r\n" % i)
+        handler.wfile.flush()
+        time.sleep(0.5)
+    handler.wfile.write(b"Content-Length: 2\r\n\r\n{}")
+
+
+def _trickle_chunk_size(handler):
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(12):  # the chunk-size line, one digit every 0.5 s: 6 s in all, bounded
+        handler.wfile.write(b"0")
+        handler.wfile.flush()
+        time.sleep(0.5)
+    handler.wfile.write(b"2\r\n{}\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("respond", [_trickle_headers, _trickle_chunk_size])
+def test_the_deadline_bounds_headers_and_chunk_sizes(respond):
+    """The deadline bounds the whole call: a server trickling its headers or a chunk-size
+    line (each read within a per-read timeout) is cut off at the deadline."""
+    server, url = _server(respond)
+    try:
+        start = time.monotonic()
+        with pytest.raises(client.ServingError, match="no complete answer from .* within"):
+            client.predict_rest(url, [b"x"], model="m", timeout=1.5)
+        elapsed = time.monotonic() - start
+        assert elapsed < 1.5 + 1.0, f"the call took {elapsed:.1f} s"
+    finally:
+        server.shutdown()
+        server.server_close()
