@@ -29,7 +29,8 @@ with graph.as_default():
 sig = meta.signature_def["serving_default"]
 start = time.time()
 try:
-    out = sess.run(sig.outputs["probabilities"].name, {sig.inputs["image_bytes"].name: [png] * count})
+    feed = {sig.inputs["image_bytes"].name: [png] * count}
+    out = sess.run(sig.outputs["probabilities"].name, feed)
     print("served", out.shape, f"{time.time() - start:.1f} s")
 except tf.errors.OpError as error:
     line = next((l for l in error.message.splitlines() if "assertion failed" in l),

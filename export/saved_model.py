@@ -170,7 +170,8 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     pixels (read from its header) or in another format is refused with InvalidArgument before it
     is decoded. A request of more than ``max_batch`` images (default
     :data:`export.signatures.DEFAULT_MAX_BATCH`, 64) is refused with InvalidArgument before
-    anything is decoded: a request's memory does not grow past that batch's. ``image_size`` exports at another resolution (position embeddings resized).
+    anything is decoded: a request's memory does not grow past that batch's.
+    ``image_size`` exports at another resolution (position embeddings resized).
 
     ``version`` is a positive integer (default: the next free one, claimed under a lock, so
     concurrent exports get distinct versions). The version is staged in a temporary
