@@ -52,6 +52,10 @@ def add_export_arguments(parser):
                         help="largest encoded image (width x height, read from its header) "
                              "the server decodes (default: keras_vit.preprocessing."
                              "DEFAULT_MAX_PIXELS, 25 million)")
+    parser.add_argument("--max-batch", type=positive_int, default=None,
+                        help="most images one request may carry; a larger request is refused "
+                             "(InvalidArgument) before decoding (default: export.signatures."
+                             "DEFAULT_MAX_BATCH, 64)")
     parser.add_argument("--verify", metavar="VERSION_DIR", default=None,
                         help="verify an exported version (with MODEL: compare outputs); with "
                              "--format litert / onnx: a .tflite / .onnx file against MODEL")
@@ -110,7 +114,8 @@ def _model_to_compare(args):
 
 # Options of the TF Serving export that mean nothing for a LiteRT or ONNX file.
 SAVEDMODEL_ONLY = (("version", None), ("labels", None), ("frozen", False),
-                   ("precision", "float32"), ("max_pixels", None))
+                   ("precision", "float32"), ("max_pixels", None),
+                   ("max_batch", None))
 
 
 def _check_format_options(args):
@@ -195,8 +200,9 @@ def run_export(args) -> int:
                               labels=labels,
                               top_k=args.top_k, overwrite=args.overwrite,
                               frozen=args.frozen, precision=args.precision,
-                              **({} if args.max_pixels is None
-                                 else {"max_pixels": args.max_pixels}))
+                              **{option: getattr(args, option)
+                                 for option in ("max_pixels", "max_batch")
+                                 if getattr(args, option) is not None})
     print(f"exported {path}")
     return 0
 

@@ -151,14 +151,19 @@ def predict_served(spec: str, paths: Sequence[str], top_k: int = 5,
     """Top-k predictions of an exported version directory (run locally) or a server."""
     from export import client
 
+    from export.signatures import DEFAULT_MAX_BATCH
+
     images = read_image_files(paths)
     check_decodable(paths, images)
     if not spec.startswith(SERVER_SCHEMES):
         rows = client.predict_saved_model(spec, images)
-    elif spec.startswith("grpc://"):
-        rows = client.predict_grpc(spec[len("grpc://"):], images, model=server_model)
-    else:
-        rows = client.predict_rest(spec, images, model=server_model)
+    else:  # one request per DEFAULT_MAX_BATCH images: a server refuses more (max_batch)
+        rows = []
+        for start in range(0, len(images), DEFAULT_MAX_BATCH):
+            chunk = images[start:start + DEFAULT_MAX_BATCH]
+            rows += (client.predict_grpc(spec[len("grpc://"):], chunk, model=server_model)
+                     if spec.startswith("grpc://")
+                     else client.predict_rest(spec, chunk, model=server_model))
     return [{"file": p, "classes": row["classes"][:top_k],
              "labels": (row.get("labels") or [str(c) for c in row["classes"]])[:top_k],
              "probabilities": row["scores"][:top_k]} for p, row in zip(paths, rows)]

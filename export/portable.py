@@ -24,7 +24,7 @@ import numpy as np
 import keras_vit
 from keras_vit.inference import class_probabilities
 from export.runtimes import runner
-from export.saved_model import ExportError
+from export.saved_model import ExportError, check_finite_weights
 
 FORMATS = ("litert", "onnx")
 SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
@@ -239,6 +239,7 @@ def export_file(model: keras.Model, path: str, fmt: str, quantization: Optional[
     """Writes ``model`` as a ``fmt`` file at ``path`` and returns the verification report
     (``{}`` when ``verify=False``). A file that fails verification is not written."""
     check_options(fmt, quantization)
+    check_finite_weights(model)
     if not path.endswith(SUFFIXES[fmt]):
         raise ValueError(f"{fmt} file name must end with {SUFFIXES[fmt]}: {path}")
     if os.path.lexists(path) and not overwrite:

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import keras_vit
 from export.models_config import register_model
-from export.signatures import SIGNATURES, make_serving_functions
+from export.signatures import DEFAULT_MAX_BATCH, SIGNATURES, make_serving_functions
 from export.versions import (VersionExists, check_name, check_version, claim_version,
                              existing_versions, publish)
 from keras_vit.preprocessing import DEFAULT_MAX_PIXELS
@@ -56,6 +56,15 @@ def model_fingerprint(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
+def check_finite_weights(model: keras.Model) -> None:
+    """ExportError naming the weights that hold NaN or inf: such a model serves NaN."""
+    bad = [weight.path for weight in model.weights
+           if not np.isfinite(keras.ops.convert_to_numpy(weight)).all()]
+    if bad:
+        raise ExportError(f"model {model.name!r} has non-finite weights (NaN or inf) in "
+                          f"{len(bad)} variable(s), first {bad[0]}: nothing was exported")
+
+
 def version_of(model: keras.Model, base_dir: str, name: str) -> Optional[str]:
     """The newest version of ``name`` under ``base_dir`` exported from exactly ``model``'s
     weights (its recorded fingerprint), or None: a resumed run that was killed after its
@@ -73,7 +82,12 @@ def version_of(model: keras.Model, base_dir: str, name: str) -> Optional[str]:
     return None
 
 
-def _check_arguments(model, name, version, labels, top_k, max_pixels):
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_arguments(model, name, version, labels, top_k, max_pixels, max_batch):
     check_name(name)
     check_version(version)
     num_classes = model.output_shape[-1]
@@ -81,8 +95,8 @@ def _check_arguments(model, name, version, labels, top_k, max_pixels):
         raise ValueError(f"{len(labels)} labels given for a model with {num_classes} classes")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    _positive_int("max_pixels", max_pixels)
+    _positive_int("max_batch", max_batch)
 
 
 def _track_variables_once(archive, model):
@@ -107,7 +121,7 @@ def _track_variables_once(archive, model):
         "non_trainable_variables", [v.value for v in model.non_trainable_weights])
 
 
-def _build_archive(model, labels, top_k, frozen, precision, max_pixels):
+def _build_archive(model, labels, top_k, frozen, precision, max_pixels, max_batch):
     """An ExportArchive with one endpoint per entry of the signature table."""
     from export.frozen import frozen_logits_function
     size = keras_vit.model_image_size(model)
@@ -121,7 +135,7 @@ def _build_archive(model, labels, top_k, frozen, precision, max_pixels):
         def logits_fn(images):
             return served(images, training=False)
     functions = make_serving_functions(logits_fn, model.output_shape[-1], size, labels, top_k,
-                                       max_pixels)
+                                       max_pixels, max_batch)
     for sig in SIGNATURES:
         archive.add_endpoint(sig.name, functions[sig.name], input_signature=[sig.spec()])
     return archive
@@ -133,7 +147,7 @@ def _write_version(archive, directory, name, info, warmup):
     if warmup:
         try:
             from export.warmup import write_warmup
-            write_warmup(directory, name, info["max_pixels"])
+            write_warmup(directory, name, info["max_pixels"], info["max_batch"])
         except ImportError:
             logger.warning("tensorflow-serving-api is not installed: no warm-up file "
                            "written (pip install 'keras-vit[serving]')")
@@ -144,7 +158,8 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
                        labels: Optional[Sequence[str]] = None, top_k: int = 5,
                        overwrite: bool = False, warmup: bool = True, frozen: bool = False,
                        precision: str = "float32",
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+                       max_pixels: int = DEFAULT_MAX_PIXELS,
+                       max_batch: int = DEFAULT_MAX_BATCH) -> str:
     """Writes ``<base_dir>/<name>/<version>/`` for TF Serving and returns its path.
 
     Signatures (:data:`export.signatures.SIGNATURES`) ``serving_default`` (``image_bytes``:
@@ -153,7 +168,10 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     ``labels`` when class names are known (``labels``, else the model's ``class_names``: a
     published ImageNet-1k head's, a transformers config's). An encoded image over ``max_pixels``
     pixels (read from its header) or in another format is refused with InvalidArgument before it
-    is decoded. ``image_size`` exports at another resolution (position embeddings resized).
+    is decoded. A request of more than ``max_batch`` images (default
+    :data:`export.signatures.DEFAULT_MAX_BATCH`, 64) is refused with InvalidArgument before
+    anything is decoded: a request's memory does not grow past that batch's.
+    ``image_size`` exports at another resolution (position embeddings resized).
 
     ``version`` is a positive integer (default: the next free one, claimed under a lock, so
     concurrent exports get distinct versions). The version is staged in a temporary
@@ -172,12 +190,14 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     check_precision(precision)
     if labels is None:
         labels = list(getattr(model, "class_names", None) or []) or None
-    _check_arguments(model, name, version, labels, top_k, max_pixels)
+    _check_arguments(model, name, version, labels, top_k, max_pixels, max_batch)
+    check_finite_weights(model)
     info = {"precision": precision, "frozen": bool(frozen), "max_pixels": max_pixels,
+            "max_batch": max_batch,
             "source": {"name": model.name, "weights_sha256": model_fingerprint(model)}}
     if image_size is not None:
         model = keras_vit.model_at_resolution(model, image_size)
-    archive = _build_archive(model, labels, top_k, frozen, precision, max_pixels)
+    archive = _build_archive(model, labels, top_k, frozen, precision, max_pixels, max_batch)
     model_dir = os.path.join(base_dir, name)
     if version is not None and os.path.lexists(os.path.join(model_dir, str(version))) \
             and not overwrite:  # fail early; claim_version checks again under the lock

@@ -14,9 +14,14 @@ from typing import Optional, Sequence, Tuple
 import tensorflow as tf
 
 from keras_vit import preprocess_image
-from keras_vit.preprocessing import DEFAULT_MAX_PIXELS
+from keras_vit.preprocessing import DEFAULT_MAX_PIXELS, _check
 
 PREDICT_METHOD = "tensorflow/serving/predict"
+# Most images one request may carry (export option max_batch, --max-batch). A request's
+# memory grows with its batch (decoded and resized pixels, activations: ~2.3 MB an image for
+# ViT-Ti/16 at 224); 64 is the largest batch the benchmarks measure (ViT-B/16 at 224: under
+# 2 GB peak in a TF1 session) and what TF Serving's batching should be set to merge up to.
+DEFAULT_MAX_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ def find_signature(name: str) -> Signature:
 
 def make_serving_functions(logits_fn, num_classes: int, image_size,
                            labels: Optional[Sequence[str]], top_k: int,
-                           max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+                           max_pixels: int = DEFAULT_MAX_PIXELS,
+                           max_batch: int = DEFAULT_MAX_BATCH) -> dict:
     """``{signature name: function}`` for ExportArchive, one per :data:`SIGNATURES` entry.
 
     ``logits_fn`` maps a float32 batch (batch, height, width, 3) of [0, 255] pixels to
@@ -63,6 +69,8 @@ def make_serving_functions(logits_fn, num_classes: int, image_size,
     ``max_pixels`` bounds each encoded image (checked from its header before decoding).
     The images of a request are decoded one at a time, so its decoding memory is that of
     its largest image; a bad image fails the whole request with a message naming its index.
+    A request of more than ``max_batch`` images is refused (InvalidArgument) before anything
+    is decoded, so its memory is bounded whatever its size.
     """
     height, width = image_size
     k = min(top_k, num_classes)
@@ -90,10 +98,17 @@ def make_serving_functions(logits_fn, num_classes: int, image_size,
             (indices, batch), fn_output_signature=pixels,
             parallel_iterations=parallel_iterations)
 
+    def bounded(inputs):
+        count = tf.shape(inputs)[0]
+        check = _check(count <= max_batch, None, "request of {} images, over the limit of "
+                       f"{max_batch} images a request (max_batch)", count)
+        with tf.control_dependencies([check]):
+            return tf.identity(inputs)
+
     def make(sig):
         def serve(inputs):
             # Decoding is what costs memory: one image at a time. Pixels resize in parallel.
-            return outputs(preprocess_batch(inputs, 1 if sig.encoded else 10))
+            return outputs(preprocess_batch(bounded(inputs), 1 if sig.encoded else 10))
         serve.__name__ = sig.name
         return serve
 

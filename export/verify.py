@@ -116,15 +116,19 @@ def _agreement_failures(predict, keras_probs, atol):
         return ["no predict was run (serving_default missing)"], None
     if "error" in predict:
         return [f"predict on real image bytes failed: {predict['error']}"], None
+    served = np.asarray(predict["probabilities"], np.float32)
+    if not np.isfinite(served).all():  # NaN passes any "diff > atol" test
+        bad = int((~np.isfinite(served)).any(axis=tuple(range(1, served.ndim))).sum())
+        return [f"served probabilities are not finite (NaN or inf) on {bad} of "
+                f"{len(served)} images"], None
     if keras_probs is None:
         return [], None
-    served = np.asarray(predict["probabilities"], np.float32)
     if served.shape != keras_probs.shape:
         return [f"served probabilities have shape {served.shape}, Keras model "
                 f"{keras_probs.shape}"], None
     failures = []
     max_diff = float(np.abs(served - keras_probs).max())
-    if max_diff > atol:
+    if not max_diff <= atol:  # NaN or inf from the Keras model fail too
         failures.append(f"served and Keras probabilities differ by {max_diff:.3g} (> {atol})")
     top2 = np.sort(keras_probs, axis=-1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > atol if top2.shape[1] == 2 else True
@@ -159,7 +163,8 @@ def verify_export(version_dir: str, model=None, image_files=None, atol: Optional
     if atol is None:
         atol = TOLERANCES.get(info.get("precision"), TOLERANCES["float32"])
     with tempfile.TemporaryDirectory() as tmp:
-        image_files = list(image_files or sample_image_files(tmp, info.get("max_pixels")))
+        image_files = list(image_files or sample_image_files(tmp, info.get("max_pixels"))
+                           [:info.get("max_batch")])
         report = _run_session_check(version_dir, image_files, tmp, timeout)
         if isinstance(report, str):
             return {"ok": False, "failures": [report]}

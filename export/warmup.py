@@ -32,17 +32,19 @@ def fit_size(height: int, width: int, max_pixels: Optional[int]):
     return max(1, int(height * scale)), max(1, int(width * scale))
 
 
-def write_warmup(version_dir: str, model_name: str, max_pixels: Optional[int] = None) -> str:
+def write_warmup(version_dir: str, model_name: str, max_pixels: Optional[int] = None,
+                 max_batch: Optional[int] = None) -> str:
     """Writes the warm-up records (needs the protos of ``tensorflow-serving-api``).
 
-    The sample images fit ``max_pixels``: a failing record would fail the version's load.
+    The sample images fit ``max_pixels`` and ``max_batch``: a failing record would fail the
+    version's load.
     """
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     from export.signatures import SIGNATURES
 
     jpegs = [sample_jpeg(*fit_size(64, 64, max_pixels)),
-             sample_jpeg(*fit_size(48, 80, max_pixels), seed=1)]
+             sample_jpeg(*fit_size(48, 80, max_pixels), seed=1)][:max_batch]
     examples = {"string": tf.make_tensor_proto(jpegs, dtype=tf.string),
                 "float32": tf.make_tensor_proto(sample_image(40, 56, 2)[None].astype(np.float32))}
     requests = [(sig.name, sig.input_key, examples[sig.dtype]) for sig in SIGNATURES]

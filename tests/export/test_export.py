@@ -417,3 +417,73 @@ def test_export_labels_default_to_the_models_class_names(model, tmp_path):
     classes = outputs["classes"].numpy()[0]
     assert [label.decode() for label in outputs["labels"].numpy()[0]] == [
         LABELS[i] for i in classes]
+
+
+def _with_nan_weight(model):
+    weight = model.weights[-3]
+    value = keras.ops.convert_to_numpy(weight).copy()
+    value.flat[0] = np.nan
+    weight.assign(value)
+    return model, weight.path
+
+
+def test_export_refuses_non_finite_weights(model, tmp_path, capsys):
+    model, path = _with_nan_weight(model)
+    base = tmp_path / "models"
+    with pytest.raises(ExportError, match=rf"model 'tiny' has non-finite weights \(NaN or inf\) "
+                                          rf"in 1 variable\(s\), first {path}: nothing"):
+        export_saved_model(model, str(base), name="tiny")
+    assert not (base / "tiny" / "1").exists()
+    from training.cli import main
+    model.save(str(tmp_path / "nan.keras"))
+    assert main(["export", str(tmp_path / "nan.keras"), "--output", str(base)]) == 2
+    err = capsys.readouterr().err
+    assert "error: model 'tiny' has non-finite weights" in err and err.count("\n") == 1
+
+
+def test_verify_fails_on_non_finite_outputs(model, tmp_path, monkeypatch):
+    """NaN is not "> atol": a served NaN, and a Keras model whose own outputs are NaN, fail."""
+    def fn(image_bytes):
+        out = _outputs(tf.shape(image_bytes)[0])
+        out["probabilities"] = out["probabilities"] * np.nan
+        return out
+    report = verify_export(_bad_export(tmp_path, "nan", fn))
+    assert "served probabilities are not finite (NaN or inf) on 2 of 2 images" in \
+        report["failures"], report["failures"]
+    model, _ = _with_nan_weight(model)
+    import export.saved_model
+    monkeypatch.setattr(export.saved_model, "check_finite_weights", lambda m: None)
+    version = export_saved_model(model, str(tmp_path / "models"), name="tiny")
+    report = verify_export(version, model=model)
+    assert not report["ok"]
+    assert report["failures"] == ["served probabilities are not finite (NaN or inf) on 2 of "
+                                  "2 images"], report["failures"]
+
+
+def test_max_batch_cli_option(model, tmp_path, capsys):
+    """--max-batch N: the export refuses N + 1 images, its warm-up and verification fit N,
+    and predict --model-dir sends more images than that in requests of N."""
+    from training.cli import main
+    model_path = str(tmp_path / "m.keras")
+    model.save(model_path)
+    base = str(tmp_path / "models")
+    assert main(["export", model_path, "--output", base, "--name", "one", "--max-batch",
+                 "1"]) == 0
+    version = os.path.join(base, "one", "1")
+    assert main(["export", model_path, "--verify", version]) == 0
+    assert "warm-up records replayed: 2" in capsys.readouterr().out
+    serve = tf.saved_model.load(version).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="request of 2 images, over the "
+                                                             "limit of 1 images a request"):
+        serve(image_bytes=tf.constant([_jpeg(8, 8, 0)] * 2))
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"{i}.jpg"))
+        (tmp_path / f"{i}.jpg").write_bytes(_jpeg(32, 32, i))
+    assert main(["predict", *files, "--model-dir", version, "--json"]) == 0
+    assert [row["file"] for row in json.loads(capsys.readouterr().out)["predictions"]] == files
+    with pytest.raises(SystemExit):
+        main(["export", model_path, "--max-batch", "0"])
+    assert "--max-batch: must be a positive integer, got '0'" in capsys.readouterr().err
+    assert main(["export", model_path, "--format", "onnx", "--max-batch", "4"]) == 2
+    assert "--max-batch is for --format savedmodel only" in capsys.readouterr().err

@@ -309,3 +309,19 @@ def test_cli_verify_of_a_corrupt_file_is_one_line(keras_file, tmp_path, capsys, 
     (tmp_path / name).write_bytes(b"not a model")
     assert main(["export", keras_file, "--format", fmt, "--verify", str(tmp_path / name)]) == 2
     _one_line_error(capsys, str(tmp_path / name), f"is not a {fmt} model")
+
+
+@pytest.mark.parametrize("fmt,suffix", [("litert", ".tflite"), ("onnx", ".onnx")])
+def test_non_finite_weights_are_refused_before_conversion(tmp_path, fmt, suffix):
+    from export.portable import export_file
+    from export.saved_model import ExportError
+    model = perturb(keras_vit.ViT(image_size=32, num_classes=3, name="nan", **TINY))
+    weight = model.weights[0]
+    value = np.array(weight.numpy())
+    value.flat[0] = np.inf
+    weight.assign(value)
+    path = str(tmp_path / f"m{suffix}")
+    with pytest.raises(ExportError, match=rf"model 'nan' has non-finite weights \(NaN or inf\) "
+                                          rf"in 1 variable\(s\), first {weight.path}: nothing"):
+        export_file(model, path, fmt)
+    assert os.listdir(tmp_path) == []

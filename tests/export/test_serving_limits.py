@@ -4,6 +4,7 @@ fresh process under an address-space limit, which must keep serving afterwards."
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from PIL import Image
 import keras_vit
 from export import export_saved_model
 from export.saved_model import keras_probabilities
+from export.signatures import DEFAULT_MAX_BATCH
 from export.warmup import sample_image
 from keras_vit.preprocessing import DEFAULT_MAX_PIXELS
 from tests.conftest import REPO, TINY, perturb
@@ -79,7 +81,7 @@ def gif_frames_bomb(width=1000, height=1000, frames=600) -> bytes:
 SERVER = r"""
 import json, os, resource, sys, time
 import tensorflow as tf
-version_dir, requests = sys.argv[1], json.loads(sys.argv[2])
+version_dir, requests = sys.argv[1], json.load(sys.stdin)  # a long plan: not in argv
 graph = tf.Graph()
 sess = tf.compat.v1.Session(graph=graph)
 with graph.as_default():
@@ -114,7 +116,7 @@ def serve_requests(version_dir, requests, headroom_mb=1500, timeout=300):
     address space. Returns {name: result}."""
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     plan = [requests[0], ("limit", headroom_mb)] + list(requests)
-    result = subprocess.run([sys.executable, "-c", SERVER, version_dir, json.dumps(plan)],
+    result = subprocess.run([sys.executable, "-c", SERVER, version_dir], input=json.dumps(plan),
                             capture_output=True, text=True, timeout=timeout, env=env)
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0:
@@ -202,3 +204,45 @@ def test_empty_batch_gives_empty_outputs(served):
                 signatures["serving_images"](images=tf.zeros([0, 20, 20, 3]))):
         assert out["probabilities"].shape == (0, 5)
         assert out["scores"].shape == (0, 3) and out["classes"].shape == (0, 3)
+
+
+def _png_1x1():
+    return tf.io.encode_png(tf.zeros([1, 1, 3], tf.uint8)).numpy()
+
+
+def test_a_request_over_max_batch_is_refused_before_decoding(served, tmp_path):
+    """The default export refuses DEFAULT_MAX_BATCH + 1 images before decoding any (bytes
+    that are no image get the batch error, not a decoding one); max_batch is an option."""
+    model, version = served
+    serve = tf.saved_model.load(version).signatures
+    limit = re.escape(f"over the limit of {DEFAULT_MAX_BATCH} images a request (max_batch)")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"request of {DEFAULT_MAX_BATCH + 1} images, {limit}"):
+        serve["serving_default"](image_bytes=tf.constant([b"x"] * (DEFAULT_MAX_BATCH + 1)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=limit):
+        serve["serving_images"](images=tf.zeros([DEFAULT_MAX_BATCH + 1, 1, 1, 3]))
+    out = serve["serving_default"](image_bytes=tf.constant([_png_1x1()] * DEFAULT_MAX_BATCH))
+    assert out["probabilities"].shape == (DEFAULT_MAX_BATCH, 5)
+    path = export_saved_model(model, str(tmp_path / "m"), name="two", max_batch=2)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    assert serve(image_bytes=tf.constant([_png_1x1()] * 2))["probabilities"].shape == (2, 5)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"request of 3 images, over the limit of 2 images a request"):
+        serve(image_bytes=tf.constant([_png_1x1()] * 3))
+    with pytest.raises(ValueError, match="max_batch must be a positive integer, got 0"):
+        export_saved_model(model, str(tmp_path / "m"), name="zero", max_batch=0)
+
+
+def test_ten_thousand_images_cost_the_session_server_nothing(served, tmp_path):
+    """The issue's request: 10,000 1x1 PNGs (0.69 MB) in one request, through the session
+    loader under an address-space limit: refused at once, the server's memory unchanged."""
+    _, version = served
+    one = str(tmp_path / "one.png")
+    with open(one, "wb") as f:
+        f.write(_png_1x1())
+    results = serve_requests(version, [("normal", [one]), ("many", [one] * 10_000),
+                                       ("after", [one, one])], headroom_mb=600)
+    assert f"request of 10000 images, over the limit of {DEFAULT_MAX_BATCH}" in \
+        results["many"]["error"]
+    assert results["many"]["peak_after_mb"] - results["normal"]["peak_after_mb"] < 30
+    assert results["many"]["seconds"] < 20 and results["after"]["rows"] == 2  # loaded CI
