@@ -24,9 +24,11 @@ from keras_vit.position_embeddings import to_pair
 # coefficient), under the 200 MB a request may cost a server.
 DEFAULT_MAX_PIXELS = 25_000_000
 FORMATS = ("JPEG", "PNG", "GIF", "BMP")
-# A GIF's first frame is found by walking its blocks; more blocks than this (16 MB of image
-# data in 255-byte blocks) before the first frame ends is refused, which bounds the walk.
-MAX_GIF_BLOCKS = 65_536
+# A GIF's first frame is found by following its blocks (with vector ops: the cost grows with
+# the bytes, not with the number of blocks); one whose first frame does not end within this
+# many bytes is refused.
+MAX_GIF_FRAME_END = 16 * 2 ** 20
+_GIF_WINDOWS = (2 ** 16, 2 ** 20, MAX_GIF_FRAME_END)  # tried in turn, the next if needed
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", (b"GIF87a", b"GIF89a"), b"BM")
 _HEADER_PAD = b"\0" * 32  # header fields are read from the padded bytes: never out of range
 
@@ -106,49 +108,67 @@ def _decode_bmp(data, channels, max_pixels, index):
         return tf.io.decode_bmp(data, channels=channels)
 
 
-def _gif_first_frame_end(data):
-    """Walks the GIF's blocks to the end of its first image.
+def _follow(successor, start):
+    """The node where the chain from ``start`` ends (one that is its own successor), by
+    pointer jumping: each round replaces every node's successor with its successor's, so a
+    chain of n links costs log2(n) vector gathers, never one loop step a link."""
+    def unresolved(jumps):
+        end = tf.gather(jumps, start)
+        return tf.not_equal(tf.gather(jumps, end), end)
 
-    Returns (end offset, first frame width, height, ok). ``ok`` is false for a truncated or
-    corrupt GIF, or one with more than :data:`MAX_GIF_BLOCKS` blocks before that point.
+    jumps, = tf.while_loop(unresolved, lambda jumps: [tf.gather(jumps, jumps)], [successor],
+                           maximum_iterations=32)
+    return tf.gather(jumps, start)
+
+
+def _gif_frame_in_window(data, window):
+    """Follows the GIF's blocks within its first ``window`` bytes to the end of its first
+    image. Returns (state, end offset, first frame width, height), all int32; state 0: the
+    frame ends at ``end``, 1: it runs past the window, 2: the GIF is corrupt.
+
+    Every byte of the window is a node whose successor is where a sub-block walk landing on
+    it goes next (``_follow`` walks them), once for the extensions before the image (a
+    zero-length sub-block ends one; a following ``0x21`` starts the next) and once for the
+    image data.
     """
-    length = tf.cast(tf.strings.length(data), tf.int64)
-    padded = data + _HEADER_PAD
-    flags = _unsigned(padded, 10, 1)
-    color_table = tf.where(flags >= 128, 3 * tf.bitwise.left_shift(
-        tf.constant(2, tf.int64), flags % 8), tf.constant(0, tf.int64))
-    # mode: 0 expects a block, 1 reads an extension's sub-blocks, 2 the image's, 3 done
-    # (the first image ends), 4 corrupt.
-    def body(position, mode, frame_width, frame_height, steps):
-        window = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, position, 10), tf.uint8),
-                         tf.int64)
-        byte = window[0]
-        image_flags = window[9]
-        local_table = tf.where(image_flags >= 128, 3 * tf.bitwise.left_shift(
-            tf.constant(2, tf.int64), image_flags % 8), tf.constant(0, tf.int64))
-        is_extension, is_image = tf.equal(byte, 0x21), tf.equal(byte, 0x2C)
-        at_block = tf.equal(mode, 0)
-        block_position = tf.where(is_extension, position + 2, position + 11 + local_table)
-        block_mode = tf.where(is_extension, tf.constant(1, tf.int64),
-                              tf.where(is_image, tf.constant(2, tf.int64), 4))
-        sub_position = position + 1 + byte
-        sub_mode = tf.where(tf.equal(byte, 0),
-                            tf.where(tf.equal(mode, 1), tf.constant(0, tf.int64), 3), mode)
-        starts_image = tf.logical_and(at_block, is_image)
-        return (tf.where(at_block, block_position, sub_position),
-                tf.where(at_block, block_mode, sub_mode),
-                tf.where(starts_image, window[5] + 256 * window[6], frame_width),
-                tf.where(starts_image, window[7] + 256 * window[8], frame_height),
-                steps + 1)
+    size = tf.minimum(tf.strings.length(data), window)  # node ``size``: past the window
+    raw = tf.io.decode_raw(tf.strings.substr(data, 0, size) + _HEADER_PAD, tf.uint8)
+    byte = tf.cast(raw, tf.int32)  # the padding reads as zeros
+    here, after, nodes = byte[:size + 1], byte[1:size + 2], tf.range(size + 1)
+    skip = tf.minimum(nodes + 1 + here, size)
 
-    def more(position, mode, frame_width, frame_height, steps):
-        return tf.logical_and(tf.logical_and(mode < 3, position < length), steps < MAX_GIF_BLOCKS)
+    def table(flags):  # size of a (global or local) colour table
+        return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)
 
-    zero = tf.constant(0, tf.int64)
-    position, mode, frame_width, frame_height, _ = tf.while_loop(
-        more, body, (13 + color_table, zero, zero, zero, zero), parallel_iterations=1)
-    return position, frame_width, frame_height, tf.logical_and(tf.equal(mode, 3),
-                                                               position <= length)
+    start = tf.minimum(13 + table(byte[10]), size)
+    lead = byte[start]
+    extensions = tf.where(here > 0, skip, tf.where(tf.equal(after, 0x21),
+                                                   tf.minimum(nodes + 3, size), nodes))
+    last = _follow(extensions, tf.where(tf.equal(lead, 0x21), tf.minimum(start + 2, size), size))
+    descriptor = tf.where(tf.equal(lead, 0x21), last + 1, start)
+    found = tf.logical_and(tf.equal(tf.gather(byte, descriptor), 0x2C), descriptor < size)
+    image_start = tf.minimum(descriptor + 11 + table(byte[descriptor + 9]), size)
+    end = _follow(tf.where(here > 0, skip, nodes), tf.where(found, image_start, size)) + 1
+    state = tf.where(tf.logical_and(found, end <= size), 0,
+                     tf.where(tf.logical_or(descriptor >= size, end > size), 1, 2))
+    width = tf.where(found, byte[descriptor + 5] + 256 * byte[descriptor + 6], 0)
+    height = tf.where(found, byte[descriptor + 7] + 256 * byte[descriptor + 8], 0)
+    return state, end, width, height
+
+
+def _gif_first_frame_end(data):
+    """(end offset, first frame width, height, ok) of the GIF's first image; ``ok`` is false
+    for a truncated or corrupt GIF, or one whose first frame does not end within its first
+    :data:`MAX_GIF_FRAME_END` bytes. Wider windows are tried only when the frame runs past
+    the one before, so a small GIF costs a small window."""
+    length = tf.strings.length(data)
+    result = _gif_frame_in_window(data, _GIF_WINDOWS[0])
+    for previous, window in zip(_GIF_WINDOWS, _GIF_WINDOWS[1:]):
+        wider = tf.logical_and(tf.equal(result[0], 1), length > previous)
+        result = tf.cond(wider, lambda window=window: _gif_frame_in_window(data, window),
+                         lambda result=result: result)
+    state, end, width, height = result
+    return end, width, height, tf.equal(state, 0)
 
 
 def _decode_gif(data, channels, max_pixels, index):
@@ -159,10 +179,10 @@ def _decode_gif(data, channels, max_pixels, index):
     end, frame_width, frame_height, ok = _gif_first_frame_end(data)
     checks = [_pixel_check(height, width, "GIF", max_pixels, index),
               _pixel_check(frame_height, frame_width, "GIF frame", max_pixels, index),
-              _check(ok, index, "corrupt or truncated GIF, or over " + str(MAX_GIF_BLOCKS) +
-                     " blocks before its first frame ends")]
+              _check(ok, index, "corrupt or truncated GIF, or its first frame does not end "
+                     "within its first " + str(MAX_GIF_FRAME_END) + " bytes")]
     with tf.control_dependencies(checks):
-        first = tf.strings.substr(data, 0, tf.cast(end, tf.int32)) + b";"
+        first = tf.strings.substr(data, 0, end) + b";"
         image = tf.io.decode_gif(first)[0]
     return tf.image.rgb_to_grayscale(image) if channels == 1 else image
 
