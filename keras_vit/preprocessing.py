@@ -28,7 +28,7 @@ FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 # the bytes, not with the number of blocks); one whose first frame does not end within this
 # many bytes is refused.
 MAX_GIF_FRAME_END = 16 * 2 ** 20
-_GIF_WINDOWS = (2 ** 16, 2 ** 20, MAX_GIF_FRAME_END)  # tried in turn, the next if needed
+_GIF_WINDOW = 2 ** 16  # the blocks are followed this many bytes at a time (memory ~30x it)
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", (b"GIF87a", b"GIF89a"), b"BM")
 _HEADER_PAD = b"\0" * 32  # header fields are read from the padded bytes: never out of range
 
@@ -121,54 +121,72 @@ def _follow(successor, start):
     return tf.gather(jumps, start)
 
 
-def _gif_frame_in_window(data, window):
-    """Follows the GIF's blocks within its first ``window`` bytes to the end of its first
-    image. Returns (state, end offset, first frame width, height), all int32; state 0: the
-    frame ends at ``end``, 1: it runs past the window, 2: the GIF is corrupt.
+def _gif_bytes(data, position, size):
+    """``size`` bytes of ``data`` from ``position`` as int32, zeros past its end."""
+    position = tf.minimum(position, tf.strings.length(data))  # substr refuses one past it
+    chunk = tf.strings.substr(data, position, size) + b"\0" * 16
+    return tf.cast(tf.io.decode_raw(chunk, tf.uint8), tf.int32)[:size]
 
-    Every byte of the window is a node whose successor is where a sub-block walk landing on
-    it goes next (``_follow`` walks them), once for the extensions before the image (a
-    zero-length sub-block ends one; a following ``0x21`` starts the next) and once for the
-    image data.
+
+def _gif_sub_blocks(data, position, in_extensions):
+    """Follows a chain of GIF sub-blocks from ``position`` (< the data's length) within the
+    next :data:`_GIF_WINDOW` bytes. Returns (where the walk goes on, whether the chain ended
+    there).
+
+    Every byte of the window is a node whose successor is where a walk landing on it goes:
+    past its sub-block, or (``in_extensions``) past the next extension's introducer when a
+    zero-length sub-block is followed by one. A zero-length sub-block that ends the chain, or
+    a node whose successor is past the window, is its own successor.
     """
-    size = tf.minimum(tf.strings.length(data), window)  # node ``size``: past the window
-    raw = tf.io.decode_raw(tf.strings.substr(data, 0, size) + _HEADER_PAD, tf.uint8)
-    byte = tf.cast(raw, tf.int32)  # the padding reads as zeros
-    here, after, nodes = byte[:size + 1], byte[1:size + 2], tf.range(size + 1)
-    skip = tf.minimum(nodes + 1 + here, size)
+    size = tf.minimum(tf.strings.length(data) - position, _GIF_WINDOW)
+    byte = _gif_bytes(data, position, size + 1)
+    here, nodes = byte[:size], tf.range(size)
+    continues = tf.logical_and(in_extensions, tf.equal(byte[1:], 0x21))
+    ends = tf.logical_and(tf.equal(here, 0), tf.logical_not(continues))
+    target = tf.where(ends, nodes + 1, tf.where(tf.equal(here, 0), nodes + 3, nodes + 1 + here))
+    last = _follow(tf.where(tf.logical_or(ends, target >= size), nodes, target), 0)
+    return position + tf.gather(target, last), tf.gather(ends, last)
 
-    def table(flags):  # size of a (global or local) colour table
-        return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)
 
-    start = tf.minimum(13 + table(byte[10]), size)
-    lead = byte[start]
-    extensions = tf.where(here > 0, skip, tf.where(tf.equal(after, 0x21),
-                                                   tf.minimum(nodes + 3, size), nodes))
-    last = _follow(extensions, tf.where(tf.equal(lead, 0x21), tf.minimum(start + 2, size), size))
-    descriptor = tf.where(tf.equal(lead, 0x21), last + 1, start)
-    found = tf.logical_and(tf.equal(tf.gather(byte, descriptor), 0x2C), descriptor < size)
-    image_start = tf.minimum(descriptor + 11 + table(byte[descriptor + 9]), size)
-    end = _follow(tf.where(here > 0, skip, nodes), tf.where(found, image_start, size)) + 1
-    state = tf.where(tf.logical_and(found, end <= size), 0,
-                     tf.where(tf.logical_or(descriptor >= size, end > size), 1, 2))
-    width = tf.where(found, byte[descriptor + 5] + 256 * byte[descriptor + 6], 0)
-    height = tf.where(found, byte[descriptor + 7] + 256 * byte[descriptor + 8], 0)
-    return state, end, width, height
+def _gif_descriptor(data, position):
+    """(is an image descriptor, where its image data starts, its width, height) at
+    ``position``."""
+    fields = _gif_bytes(data, position, 10)
+    table = tf.where(fields[9] >= 128, 3 * tf.bitwise.left_shift(2, fields[9] % 8), 0)
+    return (tf.equal(fields[0], 0x2C), position + 11 + table, fields[5] + 256 * fields[6],
+            fields[7] + 256 * fields[8])
 
 
 def _gif_first_frame_end(data):
-    """(end offset, first frame width, height, ok) of the GIF's first image; ``ok`` is false
-    for a truncated or corrupt GIF, or one whose first frame does not end within its first
-    :data:`MAX_GIF_FRAME_END` bytes. Wider windows are tried only when the frame runs past
-    the one before, so a small GIF costs a small window."""
+    """(end offset, first frame width, height, ok) of the GIF's first image, following its
+    blocks a window at a time; ``ok`` is false for a truncated or corrupt GIF, or one whose
+    first frame does not end within its first :data:`MAX_GIF_FRAME_END` bytes."""
     length = tf.strings.length(data)
-    result = _gif_frame_in_window(data, _GIF_WINDOWS[0])
-    for previous, window in zip(_GIF_WINDOWS, _GIF_WINDOWS[1:]):
-        wider = tf.logical_and(tf.equal(result[0], 1), length > previous)
-        result = tf.cond(wider, lambda window=window: _gif_frame_in_window(data, window),
-                         lambda result=result: result)
-    state, end, width, height = result
-    return end, width, height, tf.equal(state, 0)
+    flags = _gif_bytes(data, 10, 1)[0]
+    start = 13 + tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)
+    lead = _gif_bytes(data, start, 1)[0]
+    is_image, image_start, width, height = _gif_descriptor(data, start)
+    # phase 0: in the extensions before the image, 1: in its image data, 2: done, 3: corrupt
+    phase = tf.where(tf.equal(lead, 0x21), 0, tf.where(is_image, 1, 3))
+    position = tf.where(tf.equal(phase, 0), start + 2, image_start)
+    width, height = tf.where(is_image, width, 0), tf.where(is_image, height, 0)
+
+    def body(position, phase, width, height):
+        after, ended = _gif_sub_blocks(data, position, tf.equal(phase, 0))
+        is_image, image_start, frame_width, frame_height = _gif_descriptor(data, after)
+        described = tf.logical_and(ended, tf.equal(phase, 0))
+        phase = tf.where(ended, tf.where(described, tf.where(is_image, 1, 3), 2), phase)
+        return (tf.where(described, image_start, after), phase,
+                tf.where(described, frame_width, width), tf.where(described, frame_height, height))
+
+    def more(position, phase, width, height):
+        return tf.logical_and(tf.logical_and(phase < 2, position < length),
+                              position < MAX_GIF_FRAME_END)
+
+    position, phase, width, height = tf.while_loop(more, body, (position, phase, width, height),
+                                                   parallel_iterations=1)
+    ok = tf.logical_and(tf.equal(phase, 2), position <= MAX_GIF_FRAME_END)
+    return position, tf.where(ok, width, 0), tf.where(ok, height, 0), ok
 
 
 def _decode_gif(data, channels, max_pixels, index):
