@@ -309,3 +309,21 @@ def test_cli_verify_of_a_corrupt_file_is_one_line(keras_file, tmp_path, capsys, 
     (tmp_path / name).write_bytes(b"not a model")
     assert main(["export", keras_file, "--format", fmt, "--verify", str(tmp_path / name)]) == 2
     _one_line_error(capsys, str(tmp_path / name), f"is not a {fmt} model")
+
+
+def test_cli_verify_of_a_file_that_loads_but_cannot_run_is_one_line(keras_file, tmp_path,
+                                                                    capsys):
+    """A LiteRT file whose graph only runs one image at a time: it loads, then LiteRT's
+    RuntimeError at run time (a traceback before) is one line naming the file."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+    def one_image(images):
+        return tf.nn.softmax(tf.reshape(images, [1, 32 * 32 * 3])[:, :5])
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [one_image.get_concrete_function()], one_image)
+    path = tmp_path / "one.tflite"
+    path.write_bytes(converter.convert())
+    assert main(["export", keras_file, "--format", "litert", "--verify", str(path)]) == 2
+    _one_line_error(capsys, str(path), "could not run it on images of shape (10, 32, 32, 3)")
