@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -16,6 +17,9 @@ import numpy as np
 from export.run_layout import RunLayout
 
 SERVER_SCHEMES = ("http://", "https://", "grpc://")
+# An image file larger than this is refused before it is read (25 megapixels, the pixel
+# limit, is 100 MB as an uncompressed 32-bit BMP).
+MAX_IMAGE_FILE_BYTES = 128 * 2 ** 20
 KINDS = ("a run directory, a .keras file, an original .npz checkpoint, a timm .safetensors "
          "file, a transformers model directory (config.json), an exported version directory "
          "(saved_model.pb) or a server URL (http://, grpc://)")
@@ -38,6 +42,7 @@ def model_kind(spec: str) -> str:
                          "transformers model)")
     if not os.path.exists(spec):
         raise ValueError(f"model not found: {spec} (expected {KINDS})")
+    _check_regular(spec, "model")
     if spec.endswith(".keras"):
         return "keras"
     if spec.endswith(".npz"):
@@ -73,9 +78,10 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
     if kind not in ("run", "keras"):
         raise ValueError(f"{spec} is not a Keras model ({kind}); expected a run directory, a "
                          ".keras file or an .npz checkpoint")
+    path = RunLayout(spec).model if kind == "run" else spec
+    _check_regular(path, "model")
     from keras_vit.weights import load_keras_model
-    model = load_keras_model(RunLayout(spec).model if kind == "run" else spec)
-    return model, read_run_labels(RunLayout(spec)) if kind == "run" else None
+    return load_keras_model(path), read_run_labels(RunLayout(spec)) if kind == "run" else None
 
 
 def read_run_labels(run: RunLayout) -> Optional[list]:
@@ -88,20 +94,42 @@ def read_run_labels(run: RunLayout) -> Optional[list]:
     return None
 
 
-def read_image_files(paths: Sequence[str]) -> List[bytes]:
-    """The bytes of each image file; a missing, unreadable or empty file is a ValueError
-    naming it."""
-    images = []
-    for path in paths:
+def _check_regular(path: str, what: str, fd: Optional[int] = None) -> os.stat_result:
+    """``path``'s status; a ValueError when it is not a regular file (a FIFO or a device
+    would block the reader or never end)."""
+    status = os.stat(path) if fd is None else os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        raise ValueError(f"{what} {path} is not a regular file")
+    return status
+
+
+def read_image_file(path: str, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
+    """The bytes of an image file; a missing, unreadable, empty or non-regular file, or one
+    over ``max_bytes``, is a ValueError naming it, raised before anything is read (the file is
+    opened without blocking, so a FIFO does not hang the caller)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise ValueError(f"cannot read image {path}: {error.strerror or error}") from None
+    with os.fdopen(fd, "rb") as f:
+        size = _check_regular(path, "image", fd).st_size
+        if size > max_bytes:
+            raise ValueError(f"image {path} is {size} bytes, over the limit of {max_bytes} "
+                             "bytes for an image file")
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = f.read(max_bytes + 1)  # bounded even if the file grew since
         except OSError as error:
             raise ValueError(f"cannot read image {path}: {error.strerror or error}") from None
-        if not data:
-            raise ValueError(f"image {path} is empty")
-        images.append(data)
-    return images
+    if not data:
+        raise ValueError(f"image {path} is empty")
+    if len(data) > max_bytes:
+        raise ValueError(f"image {path} is over the limit of {max_bytes} bytes for an image file")
+    return data
+
+
+def read_image_files(paths: Sequence[str], max_bytes: int = MAX_IMAGE_FILE_BYTES) -> List[bytes]:
+    """:func:`read_image_file` of each path."""
+    return [read_image_file(path, max_bytes) for path in paths]
 
 
 def preprocess_file(path: str, data: bytes, image_size):

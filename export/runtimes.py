@@ -39,18 +39,37 @@ def run_onnx(session, images: np.ndarray) -> np.ndarray:
     return session.run(None, {name: np.ascontiguousarray(images, np.float32)})[0]
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _run_naming(path: str, fmt: str, run):
+    """``run`` whose runtime errors (a file that loads but cannot run these images: LiteRT
+    raises a bare RuntimeError) are a ValueError naming the file."""
+    def run_named(images):
+        try:
+            return run(images)
+        except (ImportError, OSError, MemoryError):
+            raise
+        except Exception as error:  # each runtime raises its own types
+            raise ValueError(f"{path}: the {fmt} runtime loaded it but could not run it on "
+                             f"images of shape {tuple(images.shape)}: "
+                             f"{_first_line(error)}") from None
+    return run_named
+
+
 def runner(fmt: str, path: str, num_threads: int = 2):
     """``images -> outputs`` for a ``"litert"`` or ``"onnx"`` file; a file the runtime
-    cannot load is a ValueError naming it."""
+    cannot load, or cannot run, is a ValueError naming it."""
     try:
         if fmt == "litert":
             interpreter = litert_interpreter(path, num_threads)
-            return lambda images: run_litert(interpreter, images)
+            return _run_naming(path, fmt, lambda images: run_litert(interpreter, images))
         session = onnx_session(path, num_threads)
-        return lambda images: run_onnx(session, images)
+        return _run_naming(path, fmt, lambda images: run_onnx(session, images))
     except (ImportError, OSError):
         raise
     except Exception as error:  # each runtime raises its own types for a bad file
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(f"{path} is not a {fmt} model its runtime can load: "
-                         f"{type(error).__name__}: {detail}") from None
+                         f"{_first_line(error)}") from None

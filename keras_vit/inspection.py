@@ -27,6 +27,10 @@ from keras_vit.inference import class_probabilities
 from keras_vit.layers.transformer import TransformerBlock, layer_norm
 from keras_vit.position_embeddings import to_pair
 
+# About how much memory the attention maps of one chunk of images may take in
+# mean_attention_distances (``keras-vit inspect``).
+INSPECTION_MEMORY_BYTES = 512 * 2 ** 20
+
 
 def transformer_blocks(model: keras.Model) -> List[TransformerBlock]:
     """The model's :class:`~keras_vit.layers.TransformerBlock` layers, first to last.
@@ -297,12 +301,37 @@ def patch_embedding_components(model: keras.Model, count: int = 28
     return components[:count].reshape((count,) + kernel.shape[:3]), explained[:count]
 
 
-def mean_attention_distances(model: keras.Model, images) -> np.ndarray:
+def attention_bytes_per_image(model: keras.Model, image_size,
+                              memory_bytes: int = INSPECTION_MEMORY_BYTES) -> int:
+    """About how much memory :func:`mean_attention_distances` needs per image of
+    ``image_size``: the float32 maps of every block, then one block's float64 copy, weights
+    and products. A ValueError with the estimate when that is over ``memory_bytes``."""
+    grid = token_grid(model, image_size)
+    blocks = transformer_blocks(model)
+    tokens = num_prefix_tokens(model) + grid[0] * grid[1]
+    needed = blocks[0].num_heads * tokens ** 2 * (4 * len(blocks) + 3 * 8)
+    if needed > memory_bytes:
+        height, width = to_pair(image_size, "image_size")
+        raise ValueError(
+            f"attention maps at {height}x{width} ({tokens} tokens) take about "
+            f"{needed / 2 ** 20:,.0f} MiB an image, over the {memory_bytes / 2 ** 20:,.0f} MiB "
+            "inspection limit (they grow with the fourth power of the image side): use a "
+            "smaller image size")
+    return needed
+
+
+def mean_attention_distances(model: keras.Model, images,
+                             memory_bytes: int = INSPECTION_MEMORY_BYTES) -> np.ndarray:
     """:func:`mean_attention_distance` of every block of ``model``.
+
+    The attention maps grow with the fourth power of the image side, so the images go
+    through in chunks whose maps fit in about ``memory_bytes``; a size at which one image's
+    do not is a ValueError with the estimate.
 
     Args:
         model: a keras_vit model.
         images: (batch, H, W, 3), what the model takes.
+        memory_bytes: about how much the attention maps of one chunk may take.
 
     Returns:
         (blocks, heads) float64 distances in input pixels.
@@ -310,8 +339,15 @@ def mean_attention_distances(model: keras.Model, images) -> np.ndarray:
     images = np.asarray(images, np.float32)
     grid = token_grid(model, images.shape[1:3])
     prefix, stride = num_prefix_tokens(model), pixels_per_token(model)
-    return np.stack([mean_attention_distance(a, grid, prefix, stride)
-                     for a in attention_weights(model, images)])
+    chunk = max(1, memory_bytes // attention_bytes_per_image(model, images.shape[1:3],
+                                                             memory_bytes))
+    blocks = transformer_blocks(model)
+    total = np.zeros((len(blocks), blocks[0].num_heads))
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk]
+        for index, attention in enumerate(attention_weights(model, part)):
+            total[index] += mean_attention_distance(attention, grid, prefix, stride) * len(part)
+    return total / len(images)
 
 
 def explain(model: keras.Model, images) -> Dict[str, np.ndarray]:

@@ -24,9 +24,11 @@ from keras_vit.position_embeddings import to_pair
 # coefficient), under the 200 MB a request may cost a server.
 DEFAULT_MAX_PIXELS = 25_000_000
 FORMATS = ("JPEG", "PNG", "GIF", "BMP")
-# A GIF's first frame is found by walking its blocks; more blocks than this (16 MB of image
-# data in 255-byte blocks) before the first frame ends is refused, which bounds the walk.
-MAX_GIF_BLOCKS = 65_536
+# A GIF's first frame is found by following its blocks (with vector ops: the cost grows with
+# the bytes, not with the number of blocks); one whose first frame does not end within this
+# many bytes is refused.
+MAX_GIF_FRAME_END = 16 * 2 ** 20
+_GIF_WINDOW = 2 ** 16  # the blocks are followed this many bytes at a time (memory ~30x it)
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", (b"GIF87a", b"GIF89a"), b"BM")
 _HEADER_PAD = b"\0" * 32  # header fields are read from the padded bytes: never out of range
 
@@ -106,49 +108,85 @@ def _decode_bmp(data, channels, max_pixels, index):
         return tf.io.decode_bmp(data, channels=channels)
 
 
-def _gif_first_frame_end(data):
-    """Walks the GIF's blocks to the end of its first image.
+def _follow(successor, start):
+    """The node where the chain from ``start`` ends (one that is its own successor), by
+    pointer jumping: each round replaces every node's successor with its successor's, so a
+    chain of n links costs log2(n) vector gathers, never one loop step a link."""
+    def unresolved(jumps):
+        end = tf.gather(jumps, start)
+        return tf.not_equal(tf.gather(jumps, end), end)
 
-    Returns (end offset, first frame width, height, ok). ``ok`` is false for a truncated or
-    corrupt GIF, or one with more than :data:`MAX_GIF_BLOCKS` blocks before that point.
+    jumps, = tf.while_loop(unresolved, lambda jumps: [tf.gather(jumps, jumps)], [successor],
+                           maximum_iterations=32)
+    return tf.gather(jumps, start)
+
+
+def _gif_bytes(data, position, size):
+    """``size`` bytes of ``data`` from ``position`` as int32, zeros past its end."""
+    position = tf.minimum(position, tf.strings.length(data))  # substr refuses one past it
+    chunk = tf.strings.substr(data, position, size) + b"\0" * 16
+    return tf.cast(tf.io.decode_raw(chunk, tf.uint8), tf.int32)[:size]
+
+
+def _gif_sub_blocks(data, position, in_extensions):
+    """Follows a chain of GIF sub-blocks from ``position`` (< the data's length) within the
+    next :data:`_GIF_WINDOW` bytes. Returns (where the walk goes on, whether the chain ended
+    there).
+
+    Every byte of the window is a node whose successor is where a walk landing on it goes:
+    past its sub-block, or (``in_extensions``) past the next extension's introducer when a
+    zero-length sub-block is followed by one. A zero-length sub-block that ends the chain, or
+    a node whose successor is past the window, is its own successor.
     """
-    length = tf.cast(tf.strings.length(data), tf.int64)
-    padded = data + _HEADER_PAD
-    flags = _unsigned(padded, 10, 1)
-    color_table = tf.where(flags >= 128, 3 * tf.bitwise.left_shift(
-        tf.constant(2, tf.int64), flags % 8), tf.constant(0, tf.int64))
-    # mode: 0 expects a block, 1 reads an extension's sub-blocks, 2 the image's, 3 done
-    # (the first image ends), 4 corrupt.
-    def body(position, mode, frame_width, frame_height, steps):
-        window = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, position, 10), tf.uint8),
-                         tf.int64)
-        byte = window[0]
-        image_flags = window[9]
-        local_table = tf.where(image_flags >= 128, 3 * tf.bitwise.left_shift(
-            tf.constant(2, tf.int64), image_flags % 8), tf.constant(0, tf.int64))
-        is_extension, is_image = tf.equal(byte, 0x21), tf.equal(byte, 0x2C)
-        at_block = tf.equal(mode, 0)
-        block_position = tf.where(is_extension, position + 2, position + 11 + local_table)
-        block_mode = tf.where(is_extension, tf.constant(1, tf.int64),
-                              tf.where(is_image, tf.constant(2, tf.int64), 4))
-        sub_position = position + 1 + byte
-        sub_mode = tf.where(tf.equal(byte, 0),
-                            tf.where(tf.equal(mode, 1), tf.constant(0, tf.int64), 3), mode)
-        starts_image = tf.logical_and(at_block, is_image)
-        return (tf.where(at_block, block_position, sub_position),
-                tf.where(at_block, block_mode, sub_mode),
-                tf.where(starts_image, window[5] + 256 * window[6], frame_width),
-                tf.where(starts_image, window[7] + 256 * window[8], frame_height),
-                steps + 1)
+    size = tf.minimum(tf.strings.length(data) - position, _GIF_WINDOW)
+    byte = _gif_bytes(data, position, size + 1)
+    here, nodes = byte[:size], tf.range(size)
+    continues = tf.logical_and(in_extensions, tf.equal(byte[1:], 0x21))
+    ends = tf.logical_and(tf.equal(here, 0), tf.logical_not(continues))
+    target = tf.where(ends, nodes + 1, tf.where(tf.equal(here, 0), nodes + 3, nodes + 1 + here))
+    last = _follow(tf.where(tf.logical_or(ends, target >= size), nodes, target), 0)
+    return position + tf.gather(target, last), tf.gather(ends, last)
 
-    def more(position, mode, frame_width, frame_height, steps):
-        return tf.logical_and(tf.logical_and(mode < 3, position < length), steps < MAX_GIF_BLOCKS)
 
-    zero = tf.constant(0, tf.int64)
-    position, mode, frame_width, frame_height, _ = tf.while_loop(
-        more, body, (13 + color_table, zero, zero, zero, zero), parallel_iterations=1)
-    return position, frame_width, frame_height, tf.logical_and(tf.equal(mode, 3),
-                                                               position <= length)
+def _gif_descriptor(data, position):
+    """(is an image descriptor, where its image data starts, its width, height) at
+    ``position``."""
+    fields = _gif_bytes(data, position, 10)
+    table = tf.where(fields[9] >= 128, 3 * tf.bitwise.left_shift(2, fields[9] % 8), 0)
+    return (tf.equal(fields[0], 0x2C), position + 11 + table, fields[5] + 256 * fields[6],
+            fields[7] + 256 * fields[8])
+
+
+def _gif_first_frame_end(data):
+    """(end offset, first frame width, height, ok) of the GIF's first image, following its
+    blocks a window at a time; ``ok`` is false for a truncated or corrupt GIF, or one whose
+    first frame does not end within its first :data:`MAX_GIF_FRAME_END` bytes."""
+    length = tf.strings.length(data)
+    flags = _gif_bytes(data, 10, 1)[0]
+    start = 13 + tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)
+    lead = _gif_bytes(data, start, 1)[0]
+    is_image, image_start, width, height = _gif_descriptor(data, start)
+    # phase 0: in the extensions before the image, 1: in its image data, 2: done, 3: corrupt
+    phase = tf.where(tf.equal(lead, 0x21), 0, tf.where(is_image, 1, 3))
+    position = tf.where(tf.equal(phase, 0), start + 2, image_start)
+    width, height = tf.where(is_image, width, 0), tf.where(is_image, height, 0)
+
+    def body(position, phase, width, height):
+        after, ended = _gif_sub_blocks(data, position, tf.equal(phase, 0))
+        is_image, image_start, frame_width, frame_height = _gif_descriptor(data, after)
+        described = tf.logical_and(ended, tf.equal(phase, 0))
+        phase = tf.where(ended, tf.where(described, tf.where(is_image, 1, 3), 2), phase)
+        return (tf.where(described, image_start, after), phase,
+                tf.where(described, frame_width, width), tf.where(described, frame_height, height))
+
+    def more(position, phase, width, height):
+        return tf.logical_and(tf.logical_and(phase < 2, position < length),
+                              position < MAX_GIF_FRAME_END)
+
+    position, phase, width, height = tf.while_loop(more, body, (position, phase, width, height),
+                                                   parallel_iterations=1)
+    ok = tf.logical_and(tf.equal(phase, 2), position <= MAX_GIF_FRAME_END)
+    return position, tf.where(ok, width, 0), tf.where(ok, height, 0), ok
 
 
 def _decode_gif(data, channels, max_pixels, index):
@@ -159,10 +197,10 @@ def _decode_gif(data, channels, max_pixels, index):
     end, frame_width, frame_height, ok = _gif_first_frame_end(data)
     checks = [_pixel_check(height, width, "GIF", max_pixels, index),
               _pixel_check(frame_height, frame_width, "GIF frame", max_pixels, index),
-              _check(ok, index, "corrupt or truncated GIF, or over " + str(MAX_GIF_BLOCKS) +
-                     " blocks before its first frame ends")]
+              _check(ok, index, "corrupt or truncated GIF, or its first frame does not end "
+                     "within its first " + str(MAX_GIF_FRAME_END) + " bytes")]
     with tf.control_dependencies(checks):
-        first = tf.strings.substr(data, 0, tf.cast(end, tf.int32)) + b";"
+        first = tf.strings.substr(data, 0, end) + b";"
         image = tf.io.decode_gif(first)[0]
     return tf.image.rgb_to_grayscale(image) if channels == 1 else image
 

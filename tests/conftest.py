@@ -58,6 +58,19 @@ def _fresh_keras_state():
     keras.backend.clear_session()
 
 
+@pytest.fixture(autouse=True)
+def _restored_environment():
+    """``keras-vit``'s main() sets TensorFlow defaults in ``os.environ`` (for its own
+    process); called in-process by a test they leaked into every later test's subprocesses,
+    which then computed with other kernels than this process (TF_ENABLE_ONEDNN_OPTS=1: a
+    fresh-process round trip off by 2e-7, a resumed run's weights off)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture
 def tiny_model():
     import keras_vit

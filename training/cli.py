@@ -207,7 +207,8 @@ def build_parser():
     evaluate.add_argument("--dataset")
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--test-split")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    from export.cli import positive_int
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
     evaluate.add_argument("--confusion", metavar="PNG", help="write the confusion matrix")
     from training.inspect_cli import add_commands
     add_commands(sub)  # explain, inspect

@@ -119,6 +119,7 @@ def run_inspect(args) -> int:
     if args.image_size:
         size = tuple(args.image_size * 2 if len(args.image_size) == 1 else args.image_size)
         inspection.token_grid(model, size)  # refuses sizes the model cannot take
+        inspection.attention_bytes_per_image(model, size)  # and ones whose maps are too big
     images = inspection_images(args.images, size)
     os.makedirs(args.output, exist_ok=True)
     written = []

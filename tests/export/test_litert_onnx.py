@@ -325,3 +325,21 @@ def test_non_finite_weights_are_refused_before_conversion(tmp_path, fmt, suffix)
                                           rf"in 1 variable\(s\), first {weight.path}: nothing"):
         export_file(model, path, fmt)
     assert os.listdir(tmp_path) == []
+
+
+def test_cli_verify_of_a_file_that_loads_but_cannot_run_is_one_line(keras_file, tmp_path,
+                                                                    capsys):
+    """A LiteRT file whose graph only runs one image at a time: it loads, then LiteRT's
+    RuntimeError at run time (a traceback before) is one line naming the file."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+    def one_image(images):
+        return tf.nn.softmax(tf.reshape(images, [1, 32 * 32 * 3])[:, :5])
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [one_image.get_concrete_function()], one_image)
+    path = tmp_path / "one.tflite"
+    path.write_bytes(converter.convert())
+    assert main(["export", keras_file, "--format", "litert", "--verify", str(path)]) == 2
+    _one_line_error(capsys, str(path), "could not run it on images of shape (10, 32, 32, 3)")

@@ -2,13 +2,15 @@
 architecture from its shapes."""
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import keras_vit
-from export.model_sources import model_kind, predict
+from export.model_sources import (MAX_IMAGE_FILE_BYTES, model_kind, predict,
+                                  read_image_files)
 from keras_vit.checkpoint_architecture import checkpoint_architecture
 from keras_vit.checkpoints import CheckpointError
 from tests import reference_vit
@@ -172,6 +174,50 @@ def test_predict_bad_inputs_are_one_line_errors(run_dir, tmp_path, capsys):
     (tmp_path / "broken.keras").write_bytes(b"PK not a zip")
     err = _one_line_error(capsys, ["predict", str(tmp_path / "broken.keras"), good])
     assert f"cannot load {tmp_path / 'broken.keras'}" in err
+
+
+def test_predict_refuses_an_image_over_the_size_limit_before_reading_it(run_dir, tmp_path,
+                                                                       capsys):
+    """A sparse file one byte over the limit (costs no disk): it was read whole before."""
+    run, _ = run_dir
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_IMAGE_FILE_BYTES + 1)
+    err = _one_line_error(capsys, ["predict", run, str(huge)])
+    assert err == (f"keras-vit predict: error: image {huge} is {MAX_IMAGE_FILE_BYTES + 1} "
+                   f"bytes, over the limit of {MAX_IMAGE_FILE_BYTES} bytes for an image file")
+
+
+def test_predict_fifo_as_image_or_model_is_an_error_not_a_hang(run_dir, tmp_path, capsys):
+    """Opening a FIFO blocks until a writer comes: predict hung on one before."""
+    run, _ = run_dir
+    good = _write_images(tmp_path, 1)[0]
+    fifo_image, fifo_model = str(tmp_path / "image.png"), str(tmp_path / "model.keras")
+    os.mkfifo(fifo_image)
+    os.mkfifo(fifo_model)
+    errors = []
+
+    def read():
+        try:
+            read_image_files([fifo_image])
+        except ValueError as error:
+            errors.append(str(error))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(120)
+    hung = reader.is_alive()
+    if hung:  # release the blocked reader before failing
+        with open(fifo_image, "wb"):
+            pass
+    assert not hung, "reading a FIFO image blocked"
+    assert errors == [f"image {fifo_image} is not a regular file"]
+    with pytest.raises(ValueError, match=f"model {fifo_model} is not a regular file"):
+        model_kind(fifo_model)  # before anything opens it
+    err = _one_line_error(capsys, ["predict", run, fifo_image])
+    assert err == f"keras-vit predict: error: image {fifo_image} is not a regular file"
+    err = _one_line_error(capsys, ["predict", fifo_model, good])
+    assert err == f"keras-vit predict: error: model {fifo_model} is not a regular file"
 
 
 HUB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "hub")

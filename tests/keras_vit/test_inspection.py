@@ -1,6 +1,7 @@
 """keras_vit.inspection: attention weights, endpoints, rollout, Figure 7 quantities."""
 import itertools
 import math
+import tracemalloc
 
 import keras
 import numpy as np
@@ -203,6 +204,22 @@ def test_mean_distance_of_a_uniform_attention_model():
     distances = inspection.mean_attention_distances(model, random_images(2, 16, 32))
     assert distances.shape == (TINY["num_layers"], TINY["num_heads"])
     np.testing.assert_allclose(distances, _brute_force_mean_distance(2, 4, 8), rtol=1e-6)
+
+
+def test_mean_distances_in_chunks_bound_memory_and_agree(tiny_model):
+    """Attention maps grow with the fourth power of the image side (``inspect --image-size
+    200`` on a 32-px model took 7.9 GB): images go through in chunks that fit the limit."""
+    images = random_images(6, 128, 128)  # 257 tokens: ~8.4 MB of maps and copies an image
+    whole = inspection.mean_attention_distances(tiny_model, images, memory_bytes=2 ** 30)
+    tracemalloc.start()
+    chunked = inspection.mean_attention_distances(tiny_model, images, memory_bytes=10 * 2 ** 20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_allclose(chunked, whole, rtol=1e-9)  # float32 maps, other batch sizes
+    assert peak < 12 * 2 ** 20, f"{peak / 2 ** 20:.0f} MiB"  # all six at once: ~40 MiB
+    with pytest.raises(ValueError, match=r"attention maps at 400x400 \(2501 tokens\) take "
+                                         r"about 764 MiB an image, over the 512 MiB"):
+        inspection.attention_bytes_per_image(tiny_model, 400)
 
 
 def test_mean_distance_of_attention_to_self_is_zero_and_shapes_are_checked():

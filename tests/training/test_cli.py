@@ -32,6 +32,16 @@ def test_bad_numbers_are_refused_before_anything_is_written(tmp_path, capsys, fl
     assert not out.exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_evaluate_batch_size_below_one_is_an_argument_error(tmp_path, capsys, value):
+    """A traceback from deep inside the evaluation before."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", str(tmp_path / "run"), "--batch-size", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert f"--batch-size: must be a positive integer, got '{value}'" in err.splitlines()[-1]
+
+
 def test_output_that_is_not_a_run_directory_is_left_alone(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()

@@ -118,6 +118,10 @@ def test_bad_inputs_are_one_line_errors(run_dir, image_path, tmp_path, capsys):
     err = _one_line_error(capsys, ["inspect", run_dir, "--output", str(tmp_path / "f"),
                                    "--image-size", "30"])
     assert "image size (30, 30) is not a multiple of 8" in err
+    err = _one_line_error(capsys, ["inspect", run_dir, "--output", str(tmp_path / "f"),
+                                   "--image-size", "400"])  # ~5 GB of attention maps before
+    assert "attention maps at 400x400 (2501 tokens) take about 764 MiB an image" in err
+    assert not os.path.exists(tmp_path / "f")
     empty = tmp_path / "empty"
     empty.mkdir()
     err = _one_line_error(capsys, ["inspect", run_dir, "--output", str(tmp_path / "f"),
