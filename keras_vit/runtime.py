@@ -12,7 +12,8 @@ after ``import tensorflow`` and before any op changes nothing), and importing ke
 imports TensorFlow. So no keras_vit call can switch it on, and importing keras_vit changes
 no environment variable: set ``TF_ENABLE_ONEDNN_OPTS=1`` in the environment, or in
 ``os.environ`` before the first ``import keras`` / ``tensorflow`` / ``keras_vit``. The
-``keras-vit`` command does that itself (``training.cli.set_runtime_defaults``).
+``keras-vit`` and ``python -m export`` commands do that themselves
+(``export.startup.set_runtime_defaults``).
 :func:`onednn_enabled` tells whether it took effect.
 """
 from __future__ import annotations

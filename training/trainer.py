@@ -26,9 +26,8 @@ from export.run_layout import CONFIG, RunLayout
 from training.data import (DataError, DataSource, load_source, make_eval_pipeline,
                            make_train_pipeline)
 from training.distribute import worker_info
-from training.recipes import TINY_MODEL, Recipe, make_optimizer
-
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+from training.optimizers import make_optimizer
+from training.recipes import PRECISIONS, TINY_MODEL, Recipe
 
 
 class TrainingError(RuntimeError):
