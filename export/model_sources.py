@@ -80,7 +80,7 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
     except Exception as error:  # Keras raises several types for a bad archive
         raise ValueError(f"cannot load {path}: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''}") from None
-    labels = None
+    labels = list(getattr(model, "class_names", None) or []) or None  # saved with the model
     if kind == "run" and os.path.exists(RunLayout(spec).labels):
         from export.saved_model import read_labels
         labels = read_labels(RunLayout(spec).labels)

@@ -607,6 +607,7 @@ def _write_outputs(run: _Run, model, metrics):
     layout = run.layout
     _write_text(layout.labels, "\n".join(run.source.labels) + "\n")
     partial = layout.model[:-len(".keras")] + ".partial.keras"
+    model.class_names = list(run.source.labels)  # saved in model.keras (keras_vit.models.ViTModel)
     model.save(partial)
     tf.io.gfile.rename(partial, layout.model, overwrite=True)
     if run.config.export:
