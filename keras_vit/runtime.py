@@ -72,9 +72,10 @@ def drop_frozen_weights_setting(prog: str, environ=None) -> bool:
     """Removes ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`` from the environment (saying so on stderr
     when it was on), so that this process's oneDNN kernels use the weights they are given.
     Effective only before the first oneDNN kernel has run (TensorFlow reads the variable then,
-    once). The ``keras-vit`` and ``python -m export`` commands call it at their start: they
-    train, or call Keras models eagerly, where the setting gives wrong results (a hybrid
-    model's repeated convolutions share one eager kernel).
+    once). The ``keras-vit`` and ``python -m export`` commands call it once TensorFlow has
+    loaded, before any model runs (``export.startup.start_tensorflow``): they train, or call
+    Keras models eagerly, where the setting gives wrong results (a hybrid model's repeated
+    convolutions share one eager kernel).
 
     Args:
         prog: the command's name, for the message.
