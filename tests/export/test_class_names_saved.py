@@ -28,3 +28,12 @@ def test_a_model_without_class_names_saves_none(tiny_model, tmp_path):
     path = str(tmp_path / "plain.keras")
     tiny_model.save(path)
     assert getattr(keras.saving.load_model(path), "class_names", None) is None
+
+
+def test_a_training_run_saves_its_class_names_in_model_keras(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--image-size", "16", "--batch-size", "16", "--steps", "2",
+                 "--warmup-steps", "1", "--no-export", "--output", str(out)]) == 0
+    labels = (out / "labels.txt").read_text().split()
+    assert labels == [str(i) for i in range(10)]  # the digits
+    assert keras.saving.load_model(str(out / "model.keras")).class_names == labels
