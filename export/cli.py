@@ -213,18 +213,38 @@ def run_predict(args) -> int:
 
 
 def main(argv=None) -> int:
-    from keras_vit.runtime import drop_frozen_weights_setting
-    drop_frozen_weights_setting("python -m export")  # before any model runs
+    from export.startup import add_verbose_flag
     parser = argparse.ArgumentParser(prog="python -m export")
     sub = parser.add_subparsers(dest="command", required=True)
     add_export_arguments(sub.add_parser("export", help="write a TF Serving version, or a "
                                                        "LiteRT / ONNX file"))
     add_predict_arguments(sub.add_parser("predict", help="classify images"))
+    add_verbose_flag(parser, sub)
     args = parser.parse_args(argv)
     return dispatch(args.command, args, parser.prog)
 
 
+def check_arguments(command, args) -> None:
+    """The checks that need no TensorFlow (a ValueError naming the problem), so that argument
+    errors answer before it loads."""
+    if command == "predict":
+        from export.model_sources import predict_inputs
+        predict_inputs(args)
+        return
+    _check_format_options(args)
+    if args.model:
+        from export.model_sources import model_kind
+        model_kind(args.model)
+
+
 def dispatch(command, args, prog) -> int:
+    try:
+        check_arguments(command, args)
+    except ValueError as error:
+        print(f"{prog} {command}: error: {error}", file=sys.stderr)
+        return 2
+    from export.startup import start_tensorflow
+    start_tensorflow(prog, getattr(args, "verbose", False))
     import tensorflow as tf
 
     from export.client import ServingError

@@ -81,7 +81,10 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
     path = RunLayout(spec).model if kind == "run" else spec
     _check_regular(path, "model")
     from keras_vit.weights import load_keras_model
-    return load_keras_model(path), read_run_labels(RunLayout(spec)) if kind == "run" else None
+    model = load_keras_model(path)
+    labels = read_run_labels(RunLayout(spec)) if kind == "run" else None
+    # a bare .keras file carries the class names it was saved with (keras_vit.models.ViTModel)
+    return model, labels or list(getattr(model, "class_names", None) or []) or None
 
 
 def read_run_labels(run: RunLayout) -> Optional[list]:
@@ -224,14 +227,26 @@ def format_predictions(rows: Sequence[dict], as_json: bool = False) -> str:
         for row in rows)
 
 
-def run_predict_command(args) -> int:
-    """``predict MODEL IMAGE...`` (or the older ``--model-dir`` / ``--server`` forms)."""
+def predict_inputs(args):
+    """``(MODEL, image paths)`` of ``predict MODEL IMAGE...`` (or the older ``--model-dir`` /
+    ``--server`` forms), checked without TensorFlow: a ValueError names a missing model, an
+    image file that cannot be read, or a bad ``--top-k``."""
     spec = args.server or args.model_dir
     paths = list(args.images)
     if spec is None:
         if len(paths) < 2:
             raise ValueError("usage: predict MODEL IMAGE... (MODEL: " + KINDS + ")")
         spec, paths = paths[0], paths[1:]
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be positive, got {args.top_k}")
+    model_kind(spec)
+    read_image_files(paths)
+    return spec, paths
+
+
+def run_predict_command(args) -> int:
+    """``predict MODEL IMAGE...`` (or the older ``--model-dir`` / ``--server`` forms)."""
+    spec, paths = predict_inputs(args)
     rows = predict(spec, paths, top_k=args.top_k, architecture=args.architecture,
                    server_model=args.name)
     print(format_predictions(rows, args.json))

@@ -461,7 +461,7 @@ def from_transformers(directory: str, image_size=None, **kwargs) -> keras.Model:
 
     The model computes what transformers computes: exact GELU (``hidden_act="gelu"``) and
     the config's LayerNorm epsilon (1e-12 by default). Its class names (from ``id2label``)
-    are set as ``model.class_names`` (a plain attribute, not saved with the model;
+    are set as ``model.class_names`` (saved with the model in ``.keras`` files;
     :func:`export.export_saved_model` serves them as labels).
 
     Args:

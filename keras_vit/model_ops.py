@@ -43,6 +43,7 @@ def rebuild(model: keras.Model, edit_layer_config: Callable[[dict], None] = None
         The new ``keras.Model``.
     """
     config = model.get_config()
+    config.pop("class_names", None)  # the copy's head may be another (with_new_head)
     if name:
         config["name"] = name
     if edit_layer_config is not None:

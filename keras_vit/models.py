@@ -20,6 +20,29 @@ logger = logging.getLogger("keras_vit")
 ImageSize = Union[int, Sequence[int]]
 
 
+@keras.saving.register_keras_serializable(package="keras_vit")
+class ViTModel(keras.Model):
+    """The functional model the builders return: a plain functional ``keras.Model`` whose
+    ``class_names`` (the names of the head's classes, when known) are saved in its config, so
+    a ``.keras`` file reloaded with ``keras.saving.load_model`` (safe mode) has them."""
+
+    def get_config(self):
+        config = super().get_config()
+        names = getattr(self, "class_names", None)
+        if names:
+            config["class_names"] = [str(name) for name in names]
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        names = config.pop("class_names", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        if names is not None:
+            model.class_names = list(names)
+        return model
+
+
 def _resnet_v2_backbone(x, stages, width, dtype, numerics):
     """BiT ResNet v2 stem and stages, layer names as in the original checkpoints."""
     base = 64 * width
@@ -172,7 +195,7 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
                                dtype="float32")(x)
     else:
         x = keras.layers.Activation("linear", name="features", dtype="float32")(x)
-    model = keras.Model(inputs, x, name=name)
+    model = ViTModel(inputs, x, name=name)
     if weights is not None:
         from keras_vit.weights import load_weights
         load_weights(model, weights)

@@ -12,7 +12,8 @@ after ``import tensorflow`` and before any op changes nothing), and importing ke
 imports TensorFlow. So no keras_vit call can switch it on, and importing keras_vit changes
 no environment variable: set ``TF_ENABLE_ONEDNN_OPTS=1`` in the environment, or in
 ``os.environ`` before the first ``import keras`` / ``tensorflow`` / ``keras_vit``. The
-``keras-vit`` command does that itself (``training.cli.set_runtime_defaults``).
+``keras-vit`` and ``python -m export`` commands do that themselves
+(``export.startup.set_runtime_defaults``).
 :func:`onednn_enabled` tells whether it took effect.
 """
 from __future__ import annotations
@@ -133,9 +134,10 @@ def drop_frozen_weights_setting(prog: str, environ=None) -> bool:
     """Removes ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`` from the environment (saying so on stderr
     when it was on), so that this process's oneDNN kernels use the weights they are given.
     Effective only before the first oneDNN kernel has run (TensorFlow reads the variable then,
-    once). The ``keras-vit`` and ``python -m export`` commands call it at their start: they
-    train, or call Keras models eagerly, where the setting gives wrong results (a hybrid
-    model's repeated convolutions share one eager kernel).
+    once). The ``keras-vit`` and ``python -m export`` commands call it once TensorFlow has
+    loaded, before any model runs (``export.startup.start_tensorflow``): they train, or call
+    Keras models eagerly, where the setting gives wrong results (a hybrid model's repeated
+    convolutions share one eager kernel).
 
     Args:
         prog: the command's name, for the message.

@@ -11,8 +11,7 @@ import time
 
 def _train_parser(parser):
     from training.distribute import STRATEGIES
-    from training.recipes import RECIPES
-    from training.trainer import PRECISIONS
+    from training.recipes import PRECISIONS, RECIPES
 
     # Defaults are None (filled in by _new_config) so that --resume can tell what was given.
     parser.add_argument("--recipe", choices=sorted(RECIPES),
@@ -75,14 +74,19 @@ def _resume_config(args):
     return config
 
 
-def _new_config(args):
+def _new_recipe(args):
     from training.recipes import RECIPES
-    from training.trainer import RunConfig
 
-    recipe = RECIPES[args.recipe or "demo"].replace(
+    return RECIPES[args.recipe or "demo"].replace(
         model=args.model, dataset=args.dataset, image_size=args.image_size,
         batch_size=args.batch_size, steps=args.steps, learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, epochs=args.epochs)
+
+
+def _new_config(args):
+    from training.trainer import RunConfig
+
+    recipe = _new_recipe(args)
     output = args.output or os.path.join(
         "runs", f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     optional = {name: getattr(args, name) for name in ("strategy", "precision",
@@ -133,18 +137,13 @@ def _check_export(version_dir, model, source):
         raise TrainingError(f"the export {version_dir} failed verification (see above)")
 
 
-def run_evaluate(args) -> int:
-    import keras
+def _evaluate_inputs(args):
+    """(model file, dataset) of ``evaluate``, checked without TensorFlow."""
+    from export.run_layout import RunLayout
+    from training.inspect_cli import check_png_output
 
-    import keras_vit
-    from training.data import load_source, make_pipeline
-    from training.inspect_cli import check_png_output, report_per_class
     if args.confusion:
         check_png_output(args.confusion)
-    from training.trainer import evaluate
-
-    from export.run_layout import RunLayout
-
     recipe_data = {}
     model_path = args.model
     if os.path.isdir(args.model):
@@ -158,6 +157,18 @@ def run_evaluate(args) -> int:
     dataset = args.dataset or recipe_data.get("dataset")
     if not dataset:
         raise ValueError("--dataset is needed when evaluating a bare model file")
+    return model_path, dataset
+
+
+def run_evaluate(args) -> int:
+    import keras
+
+    import keras_vit
+    from training.data import load_source, make_pipeline
+    from training.inspect_cli import report_per_class
+    from training.trainer import evaluate
+
+    model_path, dataset = _evaluate_inputs(args)
     model = keras.saving.load_model(model_path)
     source = load_source(dataset, args.data_dir, test_split=args.test_split)
     size = keras_vit.model_image_size(model)
@@ -217,28 +228,38 @@ def build_parser():
                                                        "or a LiteRT / ONNX file"))
     add_predict_arguments(sub.add_parser("predict", help="classify images with any model"))
     _convert_parser(sub.add_parser("convert", help="original .npz -> .keras / .weights.h5"))
+    from export.startup import add_verbose_flag
+    add_verbose_flag(parser, sub)
     return parser
 
 
-def set_runtime_defaults(environ=os.environ) -> None:
-    """The CLI's TensorFlow defaults, set by main() before TensorFlow loads (it reads them
-    once, at import); a value the user set wins. oneDNN's fused CPU kernels also where
-    TensorFlow leaves them off (AVX2-only x86; README, Performance); quiet C++ logs, and
-    without an NVIDIA driver no error line from TensorFlow's CUDA probe."""
-    environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    environ.setdefault("TF_CPP_MIN_LOG_LEVEL",
-                       "2" if os.path.exists("/proc/driver/nvidia") else "3")
+def _check_arguments(args) -> None:
+    """The checks that need no TensorFlow (a ValueError naming the problem), so that refused
+    values and missing files answer before it loads; the commands check again as they run."""
+    if args.command == "train" and not args.resume:
+        _new_recipe(args).validate()
+    elif args.command == "evaluate":
+        _evaluate_inputs(args)
+    elif hasattr(args, "check"):  # explain, inspect (training/inspect_cli.py)
+        args.check(args)
+
+
+def _error(command, error) -> int:
+    print(f"keras-vit {command}: error: {error}", file=sys.stderr)
+    return 2
 
 
 def main(argv=None) -> int:
-    set_runtime_defaults()
-    from keras_vit.runtime import drop_frozen_weights_setting
-    drop_frozen_weights_setting("keras-vit")  # before any model runs: TensorFlow reads it once
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command in ("export", "predict"):
         from export.cli import dispatch
         return dispatch(args.command, args, "keras-vit")
+    try:
+        _check_arguments(args)
+    except ValueError as error:
+        return _error(args.command, error)
+    from export.startup import start_tensorflow
+    start_tensorflow("keras-vit", args.verbose)  # the defaults it reads once, then the import
     from keras_vit.checkpoints import CheckpointError
     from training.trainer import TrainingError
     try:
@@ -250,8 +271,7 @@ def main(argv=None) -> int:
             return args.run(args)
         return run_convert(args)
     except (ValueError, OSError, TrainingError, CheckpointError) as error:
-        print(f"keras-vit {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _error(args.command, error)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import os
 
-import tensorflow as tf
-
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 
 
 def _tpu_strategy(tpu: str = ""):
+    import tensorflow as tf
+
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -22,6 +22,8 @@ def make_strategy(name: str = "auto", tpu: str = ""):
     ``multi_worker`` reads the cluster from ``TF_CONFIG`` (the standard way). Create the
     strategy before any other TensorFlow work (a tf.distribute requirement).
     """
+    import tensorflow as tf
+
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}: expected one of {', '.join(STRATEGIES)}")
     if name == "auto":

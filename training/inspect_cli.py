@@ -3,9 +3,10 @@ paper's Figure 7 panels), plus the per-class report of ``keras-vit evaluate``.""
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads on first use: the CLI's parser imports this module
+    import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 MODEL_HELP = ("run directory, .keras file or original .npz checkpoint")
@@ -20,7 +21,7 @@ def add_commands(sub) -> None:
     explain.add_argument("--top-k", type=int, default=5)
     explain.add_argument("--model", dest="architecture",
                          help="architecture of an .npz MODEL (default: read from it)")
-    explain.set_defaults(run=run_explain)
+    explain.set_defaults(run=run_explain, check=check_explain)
     inspect = sub.add_parser("inspect", help="embedding filters, position-embedding "
                              "similarity, mean attention distance (paper Figure 7)")
     inspect.add_argument("model", help=MODEL_HELP)
@@ -32,7 +33,7 @@ def add_commands(sub) -> None:
                               "embeddings and attention at that resolution")
     inspect.add_argument("--model", dest="architecture",
                          help="architecture of an .npz MODEL (default: read from it)")
-    inspect.set_defaults(run=run_inspect)
+    inspect.set_defaults(run=run_inspect, check=check_inspect)
 
 
 def check_png_output(path: str) -> str:
@@ -45,14 +46,33 @@ def check_png_output(path: str) -> str:
     return path
 
 
+def check_explain(args) -> None:
+    """``explain``'s arguments, checked without TensorFlow (a ValueError naming the problem)."""
+    from export.model_sources import model_kind, read_image_files
+
+    check_png_output(args.output)
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be positive, got {args.top_k}")
+    model_kind(args.model)
+    read_image_files([args.image])
+
+
+def check_inspect(args) -> None:
+    """``inspect``'s model, checked without TensorFlow (a ValueError naming it)."""
+    from export.model_sources import model_kind
+
+    model_kind(args.model)
+
+
 def run_explain(args) -> int:
+    import numpy as np
+
     from export.model_sources import load_keras_model, load_pixels, read_image_files
     from keras_vit import inspection
     from training.figures import explain_figure
 
-    output = check_png_output(args.output)
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be positive, got {args.top_k}")
+    check_explain(args)
+    output = args.output
     model, labels = load_keras_model(args.model, args.architecture)
     pixels = load_pixels(model, args.image, read_image_files([args.image])[0])
     result = inspection.explain(model, pixels[None])
@@ -72,6 +92,7 @@ def run_explain(args) -> int:
 def builtin_sample_images() -> List[np.ndarray]:
     """The default images of ``inspect``: scikit-learn's two bundled photographs and four of
     its bundled handwritten digits (offline, no download)."""
+    import numpy as np
     from sklearn.datasets import load_digits, load_sample_images
 
     photos = list(load_sample_images().images)
@@ -96,6 +117,7 @@ def _images_from(directory: str) -> List[bytes]:
 def inspection_images(directory: Optional[str], image_size) -> np.ndarray:
     """(n, h, w, 3) pixels: the images of ``directory`` (or the built-in samples) through
     the project's one preprocessing function, at ``image_size``."""
+    import numpy as np
     import tensorflow as tf
 
     import keras_vit
@@ -109,6 +131,8 @@ def inspection_images(directory: Optional[str], image_size) -> np.ndarray:
 
 
 def run_inspect(args) -> int:
+    import numpy as np
+
     import keras_vit
     from export.model_sources import load_keras_model
     from keras_vit import inspection
@@ -148,6 +172,8 @@ def run_inspect(args) -> int:
 
 def _uniform_distance(model, size) -> float:
     """Mean attention distance of attention spread evenly over the patches."""
+    import numpy as np
+
     from keras_vit import inspection
 
     grid = inspection.token_grid(model, size)
@@ -160,6 +186,8 @@ def _uniform_distance(model, size) -> float:
 def per_class_accuracy(model, dataset, num_classes: int):
     """``(accuracy per class, confusion matrix)`` over a batched (images, labels) dataset;
     a class without examples has accuracy NaN."""
+    import numpy as np
+
     matrix = np.zeros((num_classes, num_classes), np.int64)
     for images, labels in dataset:
         predicted = np.argmax(np.asarray(model(images, training=False)), axis=-1)
@@ -172,6 +200,8 @@ def per_class_accuracy(model, dataset, num_classes: int):
 
 def report_per_class(model, dataset, labels: Sequence[str], confusion: Optional[str]) -> None:
     """Prints per-class accuracy and, with ``confusion``, writes the confusion-matrix PNG."""
+    import numpy as np
+
     if confusion:
         check_png_output(confusion)
     accuracy, matrix = per_class_accuracy(model, dataset, len(labels))

@@ -28,9 +28,8 @@ from export.run_layout import (CONFIG, LOCK, RunLayout, fits_labels_txt, labels_
 from training.data import (DataError, DataSource, load_source, make_eval_pipeline,
                            make_train_pipeline)
 from training.distribute import worker_info
-from training.recipes import TINY_MODEL, Recipe, make_optimizer
-
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+from training.optimizers import make_optimizer
+from training.recipes import PRECISIONS, TINY_MODEL, Recipe
 
 
 class TrainingError(RuntimeError):
@@ -738,6 +737,7 @@ def _write_outputs(run: _Run, model, metrics):
     layout = run.layout
     _write_labels(run)
     partial = layout.model[:-len(".keras")] + ".partial.keras"
+    model.class_names = list(run.source.labels)  # saved in model.keras (keras_vit.models.ViTModel)
     model.save(partial)
     tf.io.gfile.rename(partial, layout.model, overwrite=True)
     if run.config.export:

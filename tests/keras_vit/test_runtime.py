@@ -25,12 +25,15 @@ def test_importing_the_packages_changes_no_environment_variable(monkeypatch):
 
 
 @pytest.mark.parametrize("user,expected", [(None, "1 True"), ("0", "0 False")])
-def test_cli_sets_onednn_before_tensorflow_loads_and_the_user_wins(monkeypatch, user, expected):
+def test_cli_sets_onednn_before_tensorflow_loads_and_the_user_wins(monkeypatch, tmp_path, user,
+                                                                   expected):
     monkeypatch.setattr(os, "environ", _env(**({"TF_ENABLE_ONEDNN_OPTS": user} if user else {})))
+    not_a_model = tmp_path / "empty.keras"  # passes the argument checks, fails to load
+    not_a_model.write_bytes(b"")
     out = run_python(
         "import os, sys, training.cli as cli\n"
         "assert 'tensorflow' not in sys.modules, 'the CLI module loaded TensorFlow'\n"
-        "rc = cli.main(['evaluate', 'no-such-run'])\n"
+        f"rc = cli.main(['evaluate', {str(not_a_model)!r}, '--dataset', 'digits'])\n"
         "from keras_vit import onednn_enabled\n"
         "print(rc, os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_enabled())")
     assert out.strip().splitlines()[-1] == f"2 {expected}"

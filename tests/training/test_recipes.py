@@ -1,7 +1,8 @@
 import keras
 import pytest
 
-from training.recipes import RECIPES, WarmupLinearDecay, make_optimizer, make_schedule
+from training.optimizers import WarmupLinearDecay, make_optimizer, make_schedule
+from training.recipes import RECIPES
 
 
 def test_paper_recipes():
