@@ -329,9 +329,10 @@ def _decodes(item_spec, read) -> bool:
     return read is not None or item_spec.dtype == tf.string
 
 
-def _fallback(image_size):
+def _fallback(image_size, label_dtype=tf.int64):
+    """The (image, label -1) that stands for padding or an image that cannot be read."""
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    return lambda: (tf.zeros([height, width, 3], tf.float32), tf.constant(-1, tf.int64))
+    return lambda: (tf.zeros([height, width, 3], tf.float32), tf.constant(-1, label_dtype))
 
 
 def _options() -> tf.data.Options:
@@ -384,7 +385,7 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
     ds = _shard(ds, input_context).skip(skip_steps * replicas_here * batch_size)
     if _decodes(ds.element_spec[1][0], read):
         ds = _map_skipping_bad(ds, lambda position, example: prepare(position, *example),
-                               _fallback(image_size),
+                               _fallback(image_size, ds.element_spec[1][1].dtype),
                                lambda position, example: _bad_image_name(example[0], read),
                                bad_images)
     else:
@@ -416,7 +417,8 @@ def make_eval_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, num_
     per_pipeline = steps * global_batch_size // pipelines
     ds = _shard(ds, input_context)
     if _decodes(ds.element_spec[0], read):
-        ds = _map_skipping_bad(ds, _read_and_resize(read, image_size), _fallback(image_size),
+        ds = _map_skipping_bad(ds, _read_and_resize(read, image_size),
+                               _fallback(image_size, ds.element_spec[1].dtype),
                                lambda item, label: _bad_image_name(item, read), bad_images)
     else:
         ds = ds.map(_read_and_resize(read, image_size), num_parallel_calls=tf.data.AUTOTUNE,
