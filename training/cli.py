@@ -12,6 +12,7 @@ import time
 def _train_parser(parser):
     from training.distribute import STRATEGIES
     from training.recipes import RECIPES
+    from training.data import DEFAULT_MAX_BAD_IMAGES
     from training.trainer import PRECISIONS
 
     # Defaults are None (filled in by _new_config) so that --resume can tell what was given.
@@ -42,7 +43,8 @@ def _train_parser(parser):
     parser.add_argument("--seed", type=int, help="default: 0")
     parser.add_argument("--no-export", action="store_true", help="skip the TF Serving export")
     parser.add_argument("--max-bad-images", type=int,
-                        help="unreadable images skipped before the run stops (default: 100)")
+                        help="unreadable images skipped before the run stops "
+                             f"(default: {DEFAULT_MAX_BAD_IMAGES})")
 
 
 # What --resume may change: the length of the run (the learning-rate schedule is stretched to
