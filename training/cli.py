@@ -10,9 +10,9 @@ import time
 
 
 def _train_parser(parser):
+    from training.data import DEFAULT_MAX_BAD_IMAGES
     from training.distribute import STRATEGIES
     from training.recipes import RECIPES
-    from training.data import DEFAULT_MAX_BAD_IMAGES
     from training.trainer import PRECISIONS
 
     # Defaults are None (filled in by _new_config) so that --resume can tell what was given.
