@@ -306,22 +306,44 @@ def _map_skipping_bad(ds, prepare, fallback, name_of, bad_images):
     cannot be read or decoded) becomes ``fallback()`` (label -1: never trained on, left out
     of evaluation, like padding) and is recorded in ``bad_images``. Every element keeps its
     position, so which examples make batch k (and their augmentation) stays a function of
-    (seed, k) alone: a resumed run skips the same files in the same batches."""
-    def flagged(*element):
-        done = (tf.py_function(bad_images.record, [name_of(*element)], tf.bool)
-                if bad_images is not None else tf.constant(True))
+    (seed, k) alone: a resumed run skips the same files in the same batches.
+
+    The map runs in parallel with its failures dropped (``ignore_errors``); each surviving
+    element carries its index, so the gaps before it are filled with ``fallback()``, and a
+    second pass over the (cheap, undecoded) input names the elements that filled them."""
+    count = tf.get_static_value(ds.cardinality())
+    count = -1 if count is None else int(count)  # unknown or infinite: no end to mark
+    good = ds.enumerate().map(lambda index, element: (index, prepare(*element)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    good = good.ignore_errors()
+    if count >= 0:  # an end marker (index = count) to fill a gap at the end
+        good = good.concatenate(tf.data.Dataset.from_tensors(
+            (tf.constant(count, tf.int64), fallback())))
+
+    def gap_before(previous, element):
+        return element[0], (element[0] - previous - 1,) + element
+
+    def fill(missing, index, example):
+        stand_in = fallback()
+        real = tf.cast(tf.logical_or(count < 0, index < count), tf.int64)  # not the marker
+        return tuple(tf.concat([tf.repeat(part[None], missing, 0), whole[None]], 0)
+                     [:missing + real] for part, whole in zip(stand_in, example))
+
+    filled = good.scan(tf.constant(-1, tf.int64), gap_before).map(
+        fill, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+    def record(example, name):
+        if bad_images is None:
+            return example
+        done = tf.cond(example[1] < 0,
+                       lambda: tf.py_function(bad_images.record, [name], tf.bool),
+                       lambda: tf.constant(True))
         with tf.control_dependencies([done]):
-            return tuple(tf.identity(t) for t in fallback())
+            return tuple(tf.identity(t) for t in example)
 
-    def one(*element):
-        single = tf.data.Dataset.from_tensors(element)
-        good = single.map(prepare).ignore_errors()
-        # The fallback is only iterated when the good one came out empty.
-        return good.concatenate(single.map(flagged)).take(1)
-
-    # Each inner dataset holds one element, so the interleave keeps the input order.
-    return ds.interleave(one, cycle_length=tf.data.AUTOTUNE, block_length=1,
-                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    names = ds.map(name_of)
+    return tf.data.Dataset.zip((filled, names)).map(
+        record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _decodes(item_spec, read) -> bool:
