@@ -186,7 +186,8 @@ class KerasViTTrainer:
         import tensorflow as tf
 
         import keras_vit
-        from training.recipes import RECIPES, make_optimizer
+        from training.optimizers import make_optimizer
+        from training.recipes import RECIPES
         from training.trainer import make_train_step
         keras.config.set_dtype_policy(self.policy[spec["dtype"]])
         strategy = tf.distribute.get_strategy()

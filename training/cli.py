@@ -10,6 +10,7 @@ import time
 
 
 def _train_parser(parser):
+    from training.data import DEFAULT_MAX_BAD_IMAGES
     from training.distribute import STRATEGIES
     from training.recipes import PRECISIONS, RECIPES
 
@@ -40,12 +41,15 @@ def _train_parser(parser):
     parser.add_argument("--checkpoint-every", type=int, help="default: 200 steps")
     parser.add_argument("--seed", type=int, help="default: 0")
     parser.add_argument("--no-export", action="store_true", help="skip the TF Serving export")
+    parser.add_argument("--max-bad-images", type=int,
+                        help="unreadable images skipped before the run stops "
+                             f"(default: {DEFAULT_MAX_BAD_IMAGES})")
 
 
 # What --resume may change: the length of the run (the learning-rate schedule is stretched to
 # the new length), checkpointing, the export, and where it runs and reads its data from.
 RESUME_MAY_CHANGE = ("steps", "epochs", "checkpoint_every", "no_export", "strategy", "tpu",
-                     "data_dir")
+                     "data_dir", "max_bad_images")
 
 
 def _flag(name):
@@ -71,6 +75,8 @@ def _resume_config(args):
     config.export = config.export and not args.no_export
     config.strategy = args.strategy or config.strategy
     config.data_dir = args.data_dir or config.data_dir
+    if args.max_bad_images is not None:
+        config.max_bad_images = args.max_bad_images
     return config
 
 
@@ -90,7 +96,8 @@ def _new_config(args):
     output = args.output or os.path.join(
         "runs", f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     optional = {name: getattr(args, name) for name in ("strategy", "precision",
-                                                       "checkpoint_every", "seed")
+                                                       "checkpoint_every", "seed",
+                                                       "max_bad_images")
                 if getattr(args, name) is not None}
     return RunConfig(recipe=recipe, output=output, jit_compile=args.jit_compile,
                      weights=args.weights, data_dir=args.data_dir,

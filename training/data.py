@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from typing import Callable, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from keras_vit import preprocess_image
-from keras_vit.preprocessing import decode_image, error_detail
+from keras_vit.preprocessing import _MAGIC, _pixel_check, decode_image
 
 # Training images are the user's own files, not a stranger's request: the serving limit (25
 # million pixels, keras_vit.preprocessing.DEFAULT_MAX_PIXELS) would stop a run on a folder of
@@ -30,6 +31,51 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 class DataError(ValueError):
     """A dataset specification that cannot be served (unknown name, missing folder...)."""
+
+
+# How many distinct unreadable images a run skips before it stops (--max-bad-images).
+DEFAULT_MAX_BAD_IMAGES = 100
+
+
+class BadImages:
+    """The images a run could not read or decode (corrupt, truncated, vanished, over the
+    pixel limit): the pipelines skip them and :meth:`record` them here, from the input
+    pipeline's threads; past ``limit`` distinct ones, :meth:`check` raises DataError."""
+
+    SHOWN = 5  # named in the log and in metrics.json
+
+    def __init__(self, limit: int = DEFAULT_MAX_BAD_IMAGES):
+        self.limit = limit
+        self.names: List[str] = []  # distinct, in the order met
+        self._logged = 0
+        self._lock = threading.Lock()
+
+    def record(self, name) -> bool:
+        name = name.numpy().decode("utf-8", "replace")
+        with self._lock:
+            if name not in self.names:
+                self.names.append(name)
+        return True
+
+    def new_names(self) -> List[str]:
+        """The first :data:`SHOWN` names not returned before (for the log)."""
+        with self._lock:
+            new = self.names[self._logged:self.SHOWN]
+            self._logged = max(self._logged, min(len(self.names), self.SHOWN))
+        return new
+
+    def check(self) -> None:
+        """A one-line DataError listing the files once there are more than ``limit``."""
+        names = list(self.names)
+        if len(names) > self.limit:
+            shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more"
+                                             if len(names) > 20 else "")
+            raise DataError(f"{len(names)} images could not be read or decoded, more than "
+                            f"--max-bad-images {self.limit}: {shown}; fix or remove them")
+
+    def summary(self) -> dict:
+        """What metrics.json says: ``{"count": ..., "first": [names...]}``."""
+        return {"count": len(self.names), "first": list(self.names[:self.SHOWN])}
 
 
 @dataclasses.dataclass
@@ -158,35 +204,12 @@ def _visible(names):
     return sorted(n.rstrip("/") for n in names if not n.startswith("."))
 
 
-def _check_images_decode(root: str, paths: List[str]) -> None:
-    """Every file decodes as an image; else a one-line error naming the (first) bad file."""
-    def check(index, path):
-        return index, tf.shape(decode_image(tf.io.read_file(path),
-                                            max_pixels=TRAINING_MAX_PIXELS))[0]
-
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).enumerate()
-    ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    good = {int(index) for index, _ in ds.as_numpy_iterator()}
-    bad = [path for index, path in enumerate(paths) if index not in good]
-    if bad:
-        try:
-            decode_image(tf.io.read_file(bad[0]), max_pixels=TRAINING_MAX_PIXELS)
-            reason = "cannot be read"
-        except tf.errors.InvalidArgumentError as error:
-            reason = error_detail(error)
-        except tf.errors.OpError as error:
-            reason = error.message.strip().splitlines()[0]
-        raise DataError(f"{bad[0]} is not a readable image ({reason})"
-                        + (f"; {len(bad) - 1} more bad files in {root}" if len(bad) > 1
-                           else "") + ": fix or remove it")
-
-
 def load_folder(path: str, test_fraction: float = 0.2) -> DataSource:
     """``path/<class>/<image>`` JPEG/PNG/BMP/GIF files; a fixed per-class split.
 
-    Hidden folders and files are ignored. Every image is decoded once up front, so a corrupt
-    or truncated file stops the run before training with its name. Each class needs at least
-    2 images (one is held out for testing).
+    Hidden folders and files are ignored. Only names are listed (no file is opened): a
+    corrupt or truncated file is met when it is read, and the pipelines skip it (see
+    :class:`BadImages`). Each class needs at least 2 images (one is held out for testing).
     """
     gfile = tf.io.gfile
     if not gfile.isdir(path):
@@ -209,7 +232,6 @@ def load_folder(path: str, test_fraction: float = 0.2) -> DataSource:
         cut = max(1, int(round(len(files) * test_fraction)))
         test += [(f, index) for f in files[:cut]]
         train += [(f, index) for f in files[cut:]]
-    _check_images_decode(path, [p for p, _ in train + test])
 
     def pairs(items):
         paths = tf.constant([p for p, _ in items], tf.string)
@@ -234,14 +256,105 @@ def load_source(spec: str, data_dir: Optional[str] = None, train_split: Optional
                     "'folder:PATH'")
 
 
+def _crop_window(shape, area_min: float, seed):
+    """(begin, size) of the inception crop of an image of ``shape`` (H, W, C)."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
+        area_range=(area_min, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0,
+        use_image_if_no_bounding_boxes=True)
+    return begin, size
+
+
 def inception_crop(image: tf.Tensor, area_min: float, seed) -> tf.Tensor:
     """Random crop of ``area_min``..100% area and 3/4..4/3 aspect ratio (the original's
     augmentation); stateless: the same ``seed`` (shape [2]) gives the same crop."""
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
-        area_range=(area_min, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0,
-        use_image_if_no_bounding_boxes=True)
+    begin, size = _crop_window(tf.shape(image), area_min, seed)
     return tf.slice(image, begin, size)
+
+
+def decode_and_inception_crop(data: tf.Tensor, area_min: float, seed) -> tf.Tensor:
+    """:func:`inception_crop` of encoded bytes, decoding a JPEG's crop window only
+    (``tf.image.decode_and_crop_jpeg``; the window comes from the header's size, so it is
+    the one :func:`inception_crop` picks for the same seed); other formats are decoded,
+    then cropped. (H, W, 3) uint8."""
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(data)
+        limit = _pixel_check(shape[0], shape[1], "JPEG", TRAINING_MAX_PIXELS, None)
+        with tf.control_dependencies([limit]):
+            begin, size = _crop_window(tf.concat([shape[:2], [3]], 0), area_min, seed)
+            window = tf.stack([begin[0], begin[1], size[0], size[1]])
+            return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+    def other():
+        return inception_crop(decode_image(data, max_pixels=TRAINING_MAX_PIXELS), area_min,
+                              seed)
+
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, len(_MAGIC[0])), _MAGIC[0])
+    return tf.ensure_shape(tf.cond(is_jpeg, jpeg, other), (None, None, 3))
+
+
+def _bad_image_name(item, read):
+    """How a skipped image is named: its path, or (encoded bytes) a fingerprint of them."""
+    if read is not None:
+        return tf.strings.as_string(item) if item.dtype != tf.string else item
+    return tf.strings.join(["encoded image #", tf.strings.as_string(
+        tf.strings.to_hash_bucket_fast(item, 2 ** 62))])
+
+
+def _map_skipping_bad(ds, prepare, fallback, name_of, bad_images):
+    """``ds.map(prepare)``, except that an element ``prepare`` fails on (an image that
+    cannot be read or decoded) becomes ``fallback()`` (label -1: never trained on, left out
+    of evaluation, like padding) and is recorded in ``bad_images``. Every element keeps its
+    position, so which examples make batch k (and their augmentation) stays a function of
+    (seed, k) alone: a resumed run skips the same files in the same batches.
+
+    The map runs in parallel with its failures dropped (``ignore_errors``); each surviving
+    element carries its index, so the gaps before it are filled with ``fallback()``, and a
+    second pass over the (cheap, undecoded) input names the elements that filled them."""
+    count = tf.get_static_value(ds.cardinality())
+    count = -1 if count is None else int(count)  # unknown or infinite: no end to mark
+    good = ds.enumerate().map(lambda index, element: (index, prepare(*element)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    good = good.ignore_errors()
+    if count >= 0:  # an end marker (index = count) to fill a gap at the end
+        good = good.concatenate(tf.data.Dataset.from_tensors(
+            (tf.constant(count, tf.int64), fallback())))
+
+    def gap_before(previous, element):
+        return element[0], (element[0] - previous - 1,) + element
+
+    def fill(missing, index, example):
+        stand_in = fallback()
+        real = tf.cast(tf.logical_or(count < 0, index < count), tf.int64)  # not the marker
+        return tuple(tf.concat([tf.repeat(part[None], missing, 0), whole[None]], 0)
+                     [:missing + real] for part, whole in zip(stand_in, example))
+
+    filled = good.scan(tf.constant(-1, tf.int64), gap_before).map(
+        fill, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+    def record(example, name):
+        if bad_images is None:
+            return example
+        done = tf.cond(example[1] < 0,
+                       lambda: tf.py_function(bad_images.record, [name], tf.bool),
+                       lambda: tf.constant(True))
+        with tf.control_dependencies([done]):
+            return tuple(tf.identity(t) for t in example)
+
+    names = ds.map(name_of)
+    return tf.data.Dataset.zip((filled, names)).map(
+        record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _decodes(item_spec, read) -> bool:
+    """Whether a pipeline decodes (so may meet a bad image): paths or encoded bytes."""
+    return read is not None or item_spec.dtype == tf.string
+
+
+def _fallback(image_size, label_dtype=tf.int64):
+    """The (image, label -1) that stands for padding or an image that cannot be read."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return lambda: (tf.zeros([height, width, 3], tf.float32), tf.constant(-1, label_dtype))
 
 
 def _options() -> tf.data.Options:
@@ -263,14 +376,16 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
                         crop_area_min: Optional[float] = None, flip: bool = False,
                         read: Optional[Callable] = None, skip_steps: int = 0,
                         num_steps: Optional[int] = None, input_context=None,
-                        shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+                        shuffle_buffer: int = 10_000,
+                        bad_images: Optional[BadImages] = None) -> tf.data.Dataset:
     """One epoch of shuffled, augmented (float32 pixels in [0, 255], int64 labels) batches.
 
     The order and every augmentation are functions of ``seed`` (the run's seed + epoch) and
     the example's position in that order, whatever the number of workers and wherever the
     epoch starts: ``skip_steps`` (a resume) skips before reading anything; ``num_steps``
     limits the epoch. ``batch_size`` is the per-replica batch when ``input_context``
-    (tf.distribute) is given; a step takes one batch per replica.
+    (tf.distribute) is given; a step takes one batch per replica. An image that cannot be
+    read or decoded keeps its place with label -1 (see :func:`_map_skipping_bad`).
     """
     def prepare(position, item, label):
         if crop_area_min is not None or flip:
@@ -278,9 +393,9 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
                 tf.stack([tf.cast(seed, tf.int64), position]), 2)
         image = read(item) if read is not None else item
         if crop_area_min is not None:
-            if image.dtype == tf.string:
-                image = decode_image(image, max_pixels=TRAINING_MAX_PIXELS)
-            image = inception_crop(image, crop_area_min, keys[0])
+            image = (decode_and_inception_crop(image, crop_area_min, keys[0])
+                     if image.dtype == tf.string else
+                     inception_crop(image, crop_area_min, keys[0]))
         image = preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, keys[1])
@@ -290,8 +405,14 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
                      if input_context is not None else 1)
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False).enumerate()
     ds = _shard(ds, input_context).skip(skip_steps * replicas_here * batch_size)
-    ds = ds.map(lambda position, example: prepare(position, *example),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if _decodes(ds.element_spec[1][0], read):
+        ds = _map_skipping_bad(ds, lambda position, example: prepare(position, *example),
+                               _fallback(image_size, ds.element_spec[1][1].dtype),
+                               lambda position, example: _bad_image_name(example[0], read),
+                               bad_images)
+    else:
+        ds = ds.map(lambda position, example: prepare(position, *example),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     if num_steps is not None:
         ds = ds.take(num_steps * replicas_here)
@@ -308,18 +429,23 @@ def _read_and_resize(read, image_size):
 
 def make_eval_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, num_examples: int,
                        global_batch_size: int, read: Optional[Callable] = None,
-                       input_context=None) -> tf.data.Dataset:
+                       input_context=None,
+                       bad_images: Optional[BadImages] = None) -> tf.data.Dataset:
     """This worker's share of the test set in batches of ``batch_size`` (per replica),
-    padded with label -1 so that every replica runs the same number of steps."""
+    padded with label -1 so that every replica runs the same number of steps; an image that
+    cannot be read or decoded is left out the same way (label -1) and recorded."""
     pipelines = input_context.num_input_pipelines if input_context is not None else 1
     steps = -(-num_examples // global_batch_size)
     per_pipeline = steps * global_batch_size // pipelines
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     ds = _shard(ds, input_context)
-    ds = ds.map(_read_and_resize(read, image_size), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    padding = tf.data.Dataset.from_tensors(
-        (tf.zeros([height, width, 3], tf.float32), tf.constant(-1, tf.int64))).repeat()
+    if _decodes(ds.element_spec[0], read):
+        ds = _map_skipping_bad(ds, _read_and_resize(read, image_size),
+                               _fallback(image_size, ds.element_spec[1].dtype),
+                               lambda item, label: _bad_image_name(item, read), bad_images)
+    else:
+        ds = ds.map(_read_and_resize(read, image_size), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)
+    padding = tf.data.Dataset.from_tensors(_fallback(image_size)()).repeat()
     ds = ds.concatenate(padding).take(per_pipeline)
     return ds.batch(batch_size, drop_remainder=True).with_options(_options()).prefetch(
         tf.data.AUTOTUNE)

@@ -25,8 +25,8 @@ import tensorflow as tf
 import keras_vit
 from export.run_layout import (CONFIG, LOCK, RunLayout, fits_labels_txt, labels_json,
                                parse_json)
-from training.data import (DataError, DataSource, load_source, make_eval_pipeline,
-                           make_train_pipeline)
+from training.data import (DEFAULT_MAX_BAD_IMAGES, BadImages, DataError, DataSource,
+                           load_source, make_eval_pipeline, make_train_pipeline)
 from training.distribute import worker_info
 from training.optimizers import make_optimizer
 from training.recipes import PRECISIONS, TINY_MODEL, Recipe
@@ -53,6 +53,7 @@ class RunConfig:
     log_every: int = 20
     seed: int = 0
     export: bool = True
+    max_bad_images: int = DEFAULT_MAX_BAD_IMAGES
 
     def validate(self) -> "RunConfig":
         """Raises ValueError naming the first setting no run can use."""
@@ -65,6 +66,9 @@ class RunConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer "
                                  f"(got {value!r})")
+        if not isinstance(self.max_bad_images, int) or self.max_bad_images < 0:
+            raise ValueError("max-bad-images must be a non-negative integer "
+                             f"(got {self.max_bad_images!r})")
         keras_vit.variants.check_fits(  # --image-size 100000: refused before anything is built
             model_architecture(self.recipe.model), self.recipe.image_size, num_prefix_tokens=0,
             activation_bytes=2 if "16" in self.precision else 4)
@@ -179,8 +183,10 @@ class _StopSignal:
 
 
 def _top_k_correct(labels, logits, k):
-    """How many of the labels are among the ``k`` predicted classes (a tie is no hit)."""
-    return tf.reduce_sum(tf.cast(keras_vit.metrics.top_k_hits(labels, logits, k), tf.float32))
+    """How many of the labels are among the ``k`` predicted classes (a tie is no hit); a
+    label -1 (an image that could not be read) is no hit."""
+    hits = keras_vit.metrics.top_k_hits(tf.maximum(labels, 0), logits, k)
+    return tf.reduce_sum(tf.cast(tf.logical_and(hits, labels >= 0), tf.float32))
 
 
 def make_train_step(model, optimizer, strategy, global_batch_size: int,
@@ -199,8 +205,11 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
     def step_fn(images, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                                       from_logits=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(
+                tf.maximum(labels, 0), logits, from_logits=True)
+            # Label -1: an image that could not be read (training.data.BadImages), in its
+            # place so that batches stay a function of (seed, step); it adds nothing.
+            per_example = tf.where(labels >= 0, per_example, tf.zeros_like(per_example))
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
@@ -295,6 +304,7 @@ class _Run:
     task_id: int
     steps_per_epoch: int
     total_steps: int
+    bad_images: BadImages
 
     @property
     def recipe(self):
@@ -369,7 +379,7 @@ def _set_up(config, strategy, resume, source, verbose, held) -> _Run:
                          f"{source.num_train} training examples")
     total_steps = recipe.steps or (recipe.epochs or 1) * steps_per_epoch
     return _Run(config, strategy, layout, source, resume, verbose, is_chief, task_id,
-                steps_per_epoch, total_steps)
+                steps_per_epoch, total_steps, BadImages(config.max_bad_images))
 
 
 @contextlib.contextmanager
@@ -630,7 +640,7 @@ def _distributed_epoch(run: _Run, epoch: int, first_step: int):
             context.get_per_replica_batch_size(recipe.batch_size), seed=run.config.seed + epoch,
             crop_area_min=recipe.crop_area_min, flip=recipe.flip, read=run.source.read,
             skip_steps=first_step, num_steps=run.steps_per_epoch - first_step,
-            input_context=context)
+            input_context=context, bad_images=run.bad_images)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -667,6 +677,7 @@ def _train_loop(run: _Run, state: _State) -> dict:
                         window = _Window(step)
                     if saving:
                         guard.save(step, last)
+                    _report_bad_images(run)
                     preemption.check()
                     if step >= run.total_steps:
                         break
@@ -681,6 +692,15 @@ def _train_loop(run: _Run, state: _State) -> dict:
     # The first window includes tracing and compilation: leave it out when there are others.
     speed = float(np.median(rates[1:] if len(rates) > 1 else rates)) if rates else None
     return {"examples_per_second": speed, "wall_time_s": time.time() - start_wall}
+
+
+def _report_bad_images(run: _Run) -> None:
+    """Names the first few images skipped (every worker, its own); stops past the limit."""
+    for name in run.bad_images.new_names():
+        if run.verbose:
+            print(f"\nkeras-vit train: skipped {name}: not a readable image "
+                  f"({len(run.bad_images.names)} skipped so far)", flush=True)
+    run.bad_images.check()
 
 
 def _log(writer, progbar, state, step, loss, accuracy, rate):
@@ -700,10 +720,12 @@ def _finish(run: _Run, state: _State, loop: dict) -> dict:
         return make_eval_pipeline(
             source.test, recipe.image_size, context.get_per_replica_batch_size(
                 recipe.batch_size), num_examples=source.num_test,
-            global_batch_size=recipe.batch_size, read=source.read, input_context=context)
+            global_batch_size=recipe.batch_size, read=source.read, input_context=context,
+            bad_images=run.bad_images)
 
     results = evaluate(state.model, run.strategy.distribute_datasets_from_function(dataset_fn),
                        run.strategy)
+    _report_bad_images(run)
     metrics = {
         "top1": results["top1"], "top5": results["top5"], "test_loss": results["loss"],
         "num_test_examples": results["num_examples"], "steps": state.step,
@@ -711,6 +733,7 @@ def _finish(run: _Run, state: _State, loop: dict) -> dict:
         "wall_time_s": loop["wall_time_s"], "dataset": source.name,
         "model": recipe.model, "recipe": recipe.name, "strategy": run.config.strategy,
         "replicas": run.strategy.num_replicas_in_sync, "precision": run.config.precision,
+        "skipped_images": run.bad_images.summary(),
     }
     if run.is_chief:
         _write_outputs(run, state.model, metrics)

@@ -104,7 +104,7 @@ def test_resume_of_a_finished_run_writes_nothing_new_and_one_killed_in_its_end_f
     assert (out / "model.keras").exists()
 
 
-def test_folder_with_a_corrupt_image_is_refused_naming_the_file(tmp_path, capsys):
+def test_a_corrupt_image_past_max_bad_images_stops_the_run_naming_the_file(tmp_path, capsys):
     root = tmp_path / "images"
     for cls in ("a", "b"):
         os.makedirs(root / cls)
@@ -113,8 +113,9 @@ def test_folder_with_a_corrupt_image_is_refused_naming_the_file(tmp_path, capsys
                 np.full((8, 8, 3), 40 * i, np.uint8)).numpy())
     (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     error = _error(capsys, [*TINY_RUN, "--batch-size", "2", "--dataset", f"folder:{root}",
-                            "--output", str(tmp_path / "run")])
-    assert f"{root / 'b' / 'broken.png'} is not a readable image" in error
+                            "--output", str(tmp_path / "run"), "--max-bad-images", "0"])
+    assert ("1 images could not be read or decoded, more than --max-bad-images 0: "
+            f"{root / 'b' / 'broken.png'}; fix or remove them") in error
 
 
 def test_the_cli_drops_the_onednn_weight_cache_and_says_so(tmp_path, capsys, monkeypatch):

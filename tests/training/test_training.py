@@ -6,11 +6,12 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, run_python
+from tests.conftest import REPO, random_images, run_python
 from training import RECIPES, RunConfig, train
 from training.data import DataError, load_source
 from training.distribute import make_strategy
@@ -467,3 +468,69 @@ def test_two_runs_into_one_output_the_second_is_refused_naming_the_holder(tmp_pa
     result = train(RunConfig(recipe=QUICK.replace(steps=2), output=out, export=False),
                    make_strategy("default"), verbose=False)
     assert result["metrics"]["steps"] == 2
+
+
+def _folder_with_bad_images(root):
+    """2 classes of 12 images, 2 of each class corrupt; returns the corrupt paths."""
+    rng = np.random.default_rng(0)
+    bad = []
+    for cls, value in (("cat", 30), ("dog", 220)):
+        os.makedirs(root / cls)
+        for i in range(10):
+            image = np.clip(rng.normal(value, 10, (20, 24, 3)), 0, 255).astype(np.uint8)
+            (root / cls / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(image).numpy())
+        jpeg = (root / cls / "0.jpg").read_bytes()
+        (root / cls / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+        (root / cls / "junk.png").write_bytes(b"not an image")
+        bad += [str(root / cls / "cut.jpg"), str(root / cls / "junk.png")]
+    return bad
+
+
+def test_bad_images_are_skipped_counted_named_and_a_resume_stays_bit_exact(tmp_path):
+    """20 training images (5 steps of 4 an epoch) and 4 test images, 4 of all corrupt: the
+    run finishes, names them all in metrics.json; rewound to step 3 and resumed, it ends
+    with the same weights bit for bit; past --max-bad-images it stops with one line."""
+    root = tmp_path / "images"
+    bad = _folder_with_bad_images(root)
+    recipe = QUICK.replace(dataset=f"folder:{root}", batch_size=4, steps=6,
+                           crop_area_min=0.5, flip=True)
+    config = RunConfig(recipe=recipe, output=str(tmp_path / "run"), checkpoint_every=3,
+                       export=False)
+    full = train(config, make_strategy("default"), verbose=False)
+    skipped = full["metrics"]["skipped_images"]
+    assert skipped["count"] == 4 and sorted(skipped["first"]) == sorted(bad)
+    with open(os.path.join(config.output, "metrics.json")) as f:
+        assert json.load(f)["skipped_images"] == skipped
+    assert 0 < full["metrics"]["num_test_examples"] < 6
+    expected = [w.numpy() for w in full["model"].weights]
+    _rewind(config.output, 3)
+    resumed = train(config, make_strategy("default"), resume=True, verbose=False)
+    for want, got in zip(expected, resumed["model"].weights):
+        np.testing.assert_array_equal(got.numpy(), want)
+    strict = RunConfig(recipe=recipe, output=str(tmp_path / "strict"), export=False,
+                       max_bad_images=1)
+    with pytest.raises(DataError, match=r"^\d images could not be read or decoded, more "
+                                        r"than --max-bad-images 1: .*(cut\.jpg|junk\.png)"):
+        train(strict, make_strategy("default"), verbose=False)
+
+
+def test_an_example_with_label_minus_one_is_not_trained_on():
+    """Whatever the pixels of a label -1 example, the step's update is the same."""
+    from training.optimizers import make_optimizer
+    from training.trainer import build_model, make_train_step
+    strategy = make_strategy("default")
+    images = random_images(4, 16, 16)
+    labels = np.array([0, -1, 1, 2], np.int64)
+    results = []
+    for fill in (0.0, 255.0):
+        keras.utils.set_random_seed(0)
+        model = build_model(QUICK, 10)
+        optimizer = make_optimizer(QUICK, 10)
+        step = make_train_step(model, optimizer, strategy, 4)
+        batch = images.copy()
+        batch[1] = fill
+        loss, correct = step(tf.constant(batch), tf.constant(labels))
+        assert np.isfinite(float(loss))
+        results.append([w.numpy() for w in model.weights])
+    for first, second in zip(*results):
+        np.testing.assert_array_equal(first, second)
