@@ -32,6 +32,8 @@ float32 with exactly those values), which also covers reading float16 safetensor
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import json
 import os
 import sys
@@ -53,8 +55,6 @@ def _stand_in_for_broken_torchvision() -> None:
         return
     except (RuntimeError, OSError, ImportError):
         pass
-    import importlib.abc
-    import importlib.machinery
     import types
 
     class AnyAttribute(type):

@@ -22,20 +22,6 @@ EXPORT = "export"             # TF Serving base directory: export/<name>/<versio
 LOCK = ".run.lock"            # held (flock) by the run writing the directory: pid and host
 
 
-def parse_json(text, source: str):
-    """``json.loads`` whose every failure is a ValueError naming ``source``: also a document
-    nested deeper than Python's parser can follow (100,000 ``[``: a RecursionError
-    otherwise)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{source}: not valid JSON ({error})") from None
-    except RecursionError:
-        raise ValueError(f"{source}: not valid JSON (nested too deeply)") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{source}: not valid JSON (not UTF-8 text: {error.reason})") from None
-
-
 def fits_labels_txt(name: str) -> bool:
     """Whether ``name`` reads back from ``labels.txt`` as itself: one non-blank line with no
     surrounding whitespace (a folder may be named ``"a\\nz"`` or ``" "``)."""
@@ -49,6 +35,7 @@ def labels_json(names) -> str:
 
 def parse_labels_json(text, source: str) -> list:
     """The class names of a ``labels.json``; a ValueError naming ``source`` otherwise."""
+    from keras_vit.sources import parse_json
     names = parse_json(text, source)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{source}: expected a JSON list of class names (strings)")

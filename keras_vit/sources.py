@@ -67,22 +67,33 @@ def weights_source(weights) -> Optional[str]:
 MAX_JSON_BYTES = 64 << 20  # a config.json with ImageNet-21k's id2label is about 1 MB
 
 
+def parse_json(text, source: str, error=ValueError):
+    """``json.loads`` whose every failure is ``error`` with one line naming ``source``: not
+    JSON, not UTF-8, or nested deeper than Python's parser can follow (100,000 ``[`` are a
+    RecursionError in ``json.loads``)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise error(f"{source}: not valid JSON (nested too deeply)") from None
+    except UnicodeDecodeError as found:
+        raise error(f"{source}: not valid JSON (not UTF-8 text: {found.reason})") from None
+    except ValueError as found:
+        raise error(f"{source}: not valid JSON ({found})") from None
+
+
 def read_json(path, error=ValueError):
     """The JSON document in file ``path``, or ``error`` with a one-line message naming the
-    file: unreadable, over :data:`MAX_JSON_BYTES`, not UTF-8, not JSON, or nested too deeply
-    for Python's parser (200,000 ``[`` are a RecursionError in ``json.load``)."""
+    file: unreadable, over :data:`MAX_JSON_BYTES`, or not JSON (:func:`parse_json`)."""
     path = os.fspath(path)
-    size = os.path.getsize(path) if os.path.isfile(path) else 0
-    if size > MAX_JSON_BYTES:
-        raise error(f"{path} is not a JSON file keras_vit reads: {size:,} bytes (at most "
-                    f"{MAX_JSON_BYTES:,})")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except RecursionError:
-        raise error(f"{path} is not readable JSON: nested too deeply") from None
-    except (OSError, ValueError) as error_found:
-        raise error(f"{path} is not readable JSON: {error_found}") from None
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except OSError as found:
+        raise error(f"{path}: cannot read it ({found.strerror or found})") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise error(f"{path} is not a JSON file keras_vit reads: over {MAX_JSON_BYTES:,} "
+                    "bytes")
+    return parse_json(data, path, error)
 
 
 def read_transformers_config(directory) -> dict:

@@ -73,5 +73,4 @@ def _restored_environment():
 
 @pytest.fixture
 def tiny_model():
-    import keras_vit
     return perturb(keras_vit.ViT(image_size=32, num_classes=5, **TINY))

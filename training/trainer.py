@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 import keras_vit
-from export.run_layout import (CONFIG, LOCK, RunLayout, fits_labels_txt, labels_json,
-                               parse_json)
+from export.run_layout import CONFIG, LOCK, RunLayout, fits_labels_txt, labels_json
+from keras_vit.sources import parse_json
 from training.data import (DEFAULT_MAX_BAD_IMAGES, BadImages, DataError, DataSource,
                            load_source, make_eval_pipeline, make_train_pipeline)
 from training.distribute import worker_info
@@ -497,7 +497,7 @@ def _restore(run: _Run, checkpoint: tf.train.Checkpoint) -> None:
         raise TrainingError(f"--resume: no checkpoint in {directory}")
     raise TrainingError(f"--resume: {damaged[0]}; no earlier checkpoint is intact"
                         + (f" ({len(damaged) - 1} more cannot be read)" if len(damaged) > 1
-                           else "") + f": start a new run (another --output)")
+                           else "") + ": start a new run (another --output)")
 
 
 def _checkpoint_files(prefix: str) -> str:
