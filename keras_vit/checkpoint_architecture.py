@@ -141,15 +141,16 @@ def model_from_checkpoint(path: str, variant: Optional[str] = None,
     Returns:
         The loaded ``keras.Model``.
     """
-    import keras_vit
+    from keras_vit import models
+    from keras_vit.variants import VARIANTS
 
     args = checkpoint_architecture(path, image_size)
     if variant is None:
-        return keras_vit.ViT(weights=path, name="vit", **args)
-    if variant not in keras_vit.VARIANTS:
+        return models.ViT(weights=path, name="vit", **args)
+    if variant not in VARIANTS:
         raise ValueError(f"unknown model {variant!r}: expected one of "
-                         f"{', '.join(sorted(keras_vit.VARIANTS))}")
-    return getattr(keras_vit, variant)(
+                         f"{', '.join(sorted(VARIANTS))}")
+    return getattr(models, variant)(
         weights=path, image_size=args["image_size"], num_classes=args["num_classes"],
         classifier=args["classifier"], representation_size=args.get("representation_size"))
 
@@ -342,11 +343,12 @@ def from_timm(path: str, classifier: Optional[str] = None, num_heads: Optional[i
         original weights), it takes [0, 255] pixels; for checkpoints trained with ImageNet
         mean / std, pass ``include_preprocessing=False`` and normalise the input yourself.
     """
-    import keras_vit
+    from keras_vit import models
+    from keras_vit.variants import VARIANTS
 
     args = timm_architecture(path, classifier, num_heads, image_size)
     args.update(kwargs)
-    return keras_vit.ViT(weights=path, **{"name": "vit", **args})
+    return models.ViT(weights=path, **{"name": "vit", **args})
 
 
 def transformers_architecture(directory: str, image_size=None) -> Tuple[dict, list]:
@@ -473,10 +475,11 @@ def from_transformers(directory: str, image_size=None, **kwargs) -> keras.Model:
     Returns:
         The loaded ``keras.Model``.
     """
-    import keras_vit
+    from keras_vit import models
+    from keras_vit.variants import VARIANTS
 
     args, names = transformers_architecture(directory, image_size)
     args.update(kwargs)
-    model = keras_vit.ViT(weights=directory, **{"name": "vit", **args})
+    model = models.ViT(weights=directory, **{"name": "vit", **args})
     model.class_names = names if args.get("include_top", True) else []
     return model

@@ -330,7 +330,7 @@ def _no_build(monkeypatch):
     """keras_vit.ViT raises if called: a check must refuse the file before any model."""
     def build(**kwargs):
         raise AssertionError(f"keras_vit.ViT called before the checks ({kwargs})")
-    monkeypatch.setattr(keras_vit, "ViT", build)
+    monkeypatch.setattr(keras_vit.models, "ViT", build)
 
 
 def test_timm_pre_logits_load_into_a_model_with_representation_size(tmp_path):
