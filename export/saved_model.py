@@ -182,7 +182,8 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     ``frozen=True`` writes the constant-weight CPU serving graph (:mod:`export.frozen`; a
     server with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`` gets its kernels from the default
     export at about a quarter of the memory): weights as constants, LayerNorm and attention
-    scale folded into the projections, stored in ``precision`` (``"float32"`` or ``"bfloat16"``); same signatures, float32 outputs.
+    scale folded into the projections, stored in ``precision`` (``"float32"`` or
+    ``"bfloat16"``); same signatures, float32 outputs.
     ``precision="bfloat16"`` without ``frozen`` keeps the weights as bfloat16 variables.
     The default (variables, float32) is the model exactly as trained.
     """

@@ -110,7 +110,8 @@ def test_from_transformers_builds_the_config_and_labels():
     block = model.get_layer("encoderblock_0")
     assert (block.num_heads, block.mlp_size, block.gelu, block.layer_norm_epsilon) == (
         2, 64, "erf", 1e-12)
-    assert len([l for l in model.layers if isinstance(l, keras_vit.layers.TransformerBlock)]) == 2
+    assert len([layer for layer in model.layers
+                if isinstance(layer, keras_vit.layers.TransformerBlock)]) == 2
     assert _rel_err(model(IMAGES).numpy(), REFERENCE["transformers_vit"]) < 1e-5
 
 
