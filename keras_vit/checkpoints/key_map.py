@@ -10,10 +10,12 @@ timm (``VisionTransformer``, ``vision_transformer_hybrid``) and transformers
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
+
+from keras_vit.layers import PatchEncoder, Patches, ResNetUnit, StdConv2D, TransformerBlock
 
 Shape = Tuple[int, ...]
 
@@ -46,6 +48,40 @@ def _shape(array_or_var) -> Shape:
 def _same(key, variable, kind="plain"):
     """An entry whose source array has the variable's own shape."""
     return Entry([key], variable, [_shape(variable)], kind=kind)
+
+
+def layer_kind(layer: keras.Layer) -> Optional[str]:
+    """What a keras_vit model's layer is to a key map: ``"patches"``, ``"position"``,
+    ``"block"``, ``"encoder_norm"``, ``"pre_logits"``, ``"head"``, ``"conv_root"`` and
+    ``"gn_root"`` (a hybrid's stem), ``"unit"`` (a ResNet unit); None for a layer without
+    weights of its own (rescaling, pooling, ...)."""
+    if isinstance(layer, Patches):
+        return "patches"
+    if isinstance(layer, PatchEncoder):
+        return "position"
+    if isinstance(layer, TransformerBlock):
+        return "block"
+    if layer.name in ("encoder_norm", "pre_logits", "head"):
+        return layer.name
+    if isinstance(layer, StdConv2D):
+        return "conv_root"
+    if isinstance(layer, keras.layers.GroupNormalization):
+        return "gn_root"
+    if isinstance(layer, ResNetUnit):
+        return "unit"
+    return None
+
+
+def walk(model: keras.Model, handlers: Dict[str, Callable[[Any], list]]) -> list:
+    """The lists ``handlers[kind](layer)`` of the model's layers, in order, concatenated
+    (:func:`layer_kind`; a kind without a handler is skipped): the one walk of
+    ``model.layers`` that every key map (and the numerics check of the loaders) shares."""
+    found: list = []
+    for layer in model.layers:
+        kind = layer_kind(layer)
+        if kind in handlers:
+            found += handlers[kind](layer)
+    return found
 
 
 # ---- PyTorch layouts (timm, transformers). ----

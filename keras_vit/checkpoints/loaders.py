@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import keras
 import numpy as np
 
 from keras_vit.checkpoints.checks import check_dtypes, check_finite
-from keras_vit.checkpoints.key_map import KeyMap, _shape
+from keras_vit.checkpoints.key_map import KeyMap, _shape, walk
 from keras_vit.checkpoints.original_keys import ORIGINAL, POS_EMBEDDING_KEY
 from keras_vit.checkpoints.plan import _plan, _Plan
 from keras_vit.checkpoints.readers import (read_npz_arrays, read_npz_index,
@@ -20,7 +20,6 @@ from keras_vit.checkpoints.timm_keys import TIMM
 from keras_vit.checkpoints.transformers_keys import (transformers_key_map,
                                                      transformers_weights_file)
 from keras_vit.errors import CheckpointError, CheckpointMismatchError
-from keras_vit.layers import ResNetUnit, StdConv2D, TransformerBlock
 from keras_vit.position_embeddings import resize_position_embeddings
 from keras_vit.sources import (NUMERICS, ORIGINAL as ORIGINAL_SOURCE, check_pooler_act,
                                read_transformers_config, source_numerics)
@@ -114,28 +113,29 @@ def load_pretrained(model: keras.Model, path, *, verbose: bool = True) -> Dict[s
                  verbose)
 
 
+def _unit_numerics(layer) -> List[Tuple[str, object]]:
+    convs = [layer.conv1, layer.conv2, layer.conv3]
+    gns = [layer.gn1, layer.gn2, layer.gn3]
+    if layer.use_projection:
+        convs.append(layer.conv_proj)
+        gns.append(layer.gn_proj)
+    return ([("std_conv_epsilon", conv.epsilon) for conv in convs]
+            + [("std_conv_epsilon_in_sqrt", conv.epsilon_in_sqrt) for conv in convs]
+            + [("group_norm_epsilon", gn.epsilon) for gn in gns])
+
+
 def _model_numerics(model: keras.Model) -> Dict[str, set]:
     """The values of each :data:`keras_vit.sources.NUMERICS` option in the model's layers
     (the ResNet options only in hybrids)."""
     found: Dict[str, set] = {option: set() for option in NUMERICS[ORIGINAL_SOURCE]}
-    for layer in model.layers:
-        if isinstance(layer, TransformerBlock):
-            found["gelu"].add(layer.gelu)
-            found["layer_norm_epsilon"].add(layer.layer_norm_epsilon)
-        elif isinstance(layer, ResNetUnit):
-            convs = [layer.conv1, layer.conv2, layer.conv3]
-            gns = [layer.gn1, layer.gn2, layer.gn3]
-            if layer.use_projection:
-                convs.append(layer.conv_proj)
-                gns.append(layer.gn_proj)
-            found["std_conv_epsilon"].update(conv.epsilon for conv in convs)
-            found["std_conv_epsilon_in_sqrt"].update(conv.epsilon_in_sqrt for conv in convs)
-            found["group_norm_epsilon"].update(gn.epsilon for gn in gns)
-        elif isinstance(layer, StdConv2D):  # conv_root
-            found["std_conv_epsilon"].add(layer.epsilon)
-            found["std_conv_epsilon_in_sqrt"].add(layer.epsilon_in_sqrt)
-        elif isinstance(layer, keras.layers.GroupNormalization):  # gn_root
-            found["group_norm_epsilon"].add(layer.epsilon)
+    for option, value in walk(model, {
+            "block": lambda layer: [("gelu", layer.gelu),
+                                    ("layer_norm_epsilon", layer.layer_norm_epsilon)],
+            "unit": _unit_numerics,
+            "conv_root": lambda layer: [("std_conv_epsilon", layer.epsilon),
+                                        ("std_conv_epsilon_in_sqrt", layer.epsilon_in_sqrt)],
+            "gn_root": lambda layer: [("group_norm_epsilon", layer.epsilon)]}):
+        found[option].add(value)
     return found
 
 

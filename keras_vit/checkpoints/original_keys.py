@@ -27,8 +27,7 @@ from typing import List
 import keras
 import numpy as np
 
-from keras_vit.checkpoints.key_map import Entry, KeyMap, _flatten, _same, _shape
-from keras_vit.layers import PatchEncoder, Patches, ResNetUnit, StdConv2D, TransformerBlock
+from keras_vit.checkpoints.key_map import Entry, KeyMap, _flatten, _same, _shape, walk
 
 POS_EMBEDDING_KEY = "Transformer/posembed_input/pos_embedding"
 
@@ -73,39 +72,43 @@ def _block_entries(p, layer):
     ]
 
 
+def _position_entries(layer) -> List[Entry]:
+    cls = [_same("cls", layer.cls)] if layer.num_prefix_tokens else []
+    return cls + [Entry([POS_EMBEDDING_KEY], layer.pos_embedding, None, kind="posemb")]
+
+
+def _dense_entries(layer) -> List[Entry]:  # pre_logits, head
+    kind = "head" if layer.name == "head" else "plain"
+    return [_same(f"{layer.name}/kernel", layer.kernel, kind),
+            _same(f"{layer.name}/bias", layer.bias, kind)]
+
+
+def _unit_entries(layer) -> List[Entry]:
+    prefix = layer.name.replace("_", "/")  # block{s}_unit{u} -> block{s}/unit{u}
+    convs = ["conv1", "conv2", "conv3"] + (["conv_proj"] if layer.use_projection else [])
+    entries = []
+    for conv in convs:
+        entries.append(_same(f"{prefix}/{conv}/kernel", getattr(layer, conv).kernel))
+        gn = conv.replace("conv", "gn")
+        entries += _group_norm_entries(f"{prefix}/{gn}", getattr(layer, gn))
+    return entries
+
+
 def checkpoint_entries(model: keras.Model) -> List[Entry]:
     """The key map: one :class:`Entry` per weight of a keras_vit model."""
-    entries: List[Entry] = []
-    for layer in model.layers:
-        name = layer.name
-        if isinstance(layer, Patches):
-            entries += [_same("embedding/kernel", layer.kernel),
-                        _same("embedding/bias", layer.bias)]
-        elif isinstance(layer, PatchEncoder):
-            if layer.num_prefix_tokens:
-                entries.append(_same("cls", layer.cls))
-            entries.append(Entry([POS_EMBEDDING_KEY], layer.pos_embedding, None, kind="posemb"))
-        elif isinstance(layer, TransformerBlock):
-            entries += _block_entries(f"Transformer/{name}", layer)
-        elif name == "encoder_norm":
-            entries += [_same("Transformer/encoder_norm/scale", layer.gamma),
-                        _same("Transformer/encoder_norm/bias", layer.beta)]
-        elif name in ("pre_logits", "head"):
-            kind = "head" if name == "head" else "plain"
-            entries += [_same(f"{name}/kernel", layer.kernel, kind),
-                        _same(f"{name}/bias", layer.bias, kind)]
-        elif isinstance(layer, StdConv2D):  # conv_root
-            entries.append(_same(f"{name}/kernel", layer.kernel))
-        elif isinstance(layer, keras.layers.GroupNormalization):  # gn_root
-            entries += _group_norm_entries(name, layer)
-        elif isinstance(layer, ResNetUnit):
-            prefix = name.replace("_", "/")  # block{s}_unit{u} -> block{s}/unit{u}
-            convs = ["conv1", "conv2", "conv3"] + (["conv_proj"] if layer.use_projection else [])
-            for conv in convs:
-                entries.append(_same(f"{prefix}/{conv}/kernel", getattr(layer, conv).kernel))
-                gn = conv.replace("conv", "gn")
-                entries += _group_norm_entries(f"{prefix}/{gn}", getattr(layer, gn))
-    return entries
+    return walk(model, {
+        "patches": lambda layer: [_same("embedding/kernel", layer.kernel),
+                                  _same("embedding/bias", layer.bias)],
+        "position": _position_entries,
+        "block": lambda layer: _block_entries(f"Transformer/{layer.name}", layer),
+        "encoder_norm": lambda layer: [_same("Transformer/encoder_norm/scale", layer.gamma),
+                                       _same("Transformer/encoder_norm/bias", layer.beta)],
+        "pre_logits": _dense_entries,
+        "head": _dense_entries,
+        "conv_root": lambda layer: [_same(f"{layer.name}/kernel", layer.kernel)],
+        "gn_root": lambda layer: _group_norm_entries(layer.name, layer),
+        "unit": _unit_entries,
+    })
 
 
 ORIGINAL = KeyMap("original .npz", checkpoint_entries, "cls", "head/", "pre_logits/")
