@@ -41,7 +41,8 @@ setup(
         "hub": HUB,
         "litert": LITERT,
         "onnx": ONNX,
-        "test": SERVING + HUB + LITERT + ONNX + ["pytest>=7", "scipy"],
+        # ruff: the lint of .ci/run (ruff.toml).
+        "test": SERVING + HUB + LITERT + ONNX + ["pytest>=7", "scipy", "ruff>=0.4"],
         # benchmarks/compare.py: the peers it measures keras-vit against;
         # benchmarks/make_hub_fixtures.py: the libraries whose logits the hub tests check.
         "benchmark": SERVING + HUB + ["torch", "torchvision", "timm", "keras-hub",

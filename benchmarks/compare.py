@@ -182,7 +182,7 @@ def run_inference(args, export_dir, log):
             for worker in workers.values():
                 worker.close()
             print(f"[{model} {dtype}] measured in {time.time() - t0:.0f} s", flush=True)
-            for label, (worker, mode) in settings.items():
+            for label, (worker, _mode) in settings.items():
                 rows.append({"model": model, "dtype": dtype, "setting": label,
                              "results": results[label], "peak_rss_mb": worker.peak_rss_mb,
                              "start_s": worker.start_s, "onednn": worker.onednn,

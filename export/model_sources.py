@@ -56,10 +56,11 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
     """A run directory, ``.keras`` file, ``.npz`` checkpoint, timm ``.safetensors`` file or
     transformers directory -> ``(model, labels)``.
 
-    ``labels`` is the run's ``labels.json`` (``labels.txt``) or a transformers config's ``id2label`` (None
-    when unknown). An ``.npz`` is built as ``architecture`` (e.g. ``"ViT_B16"``) or, without
-    it, as the architecture its array shapes describe; a timm file as its shapes describe
-    (:func:`keras_vit.from_timm`), a transformers directory as its ``config.json`` says.
+    ``labels`` is the run's ``labels.json`` (``labels.txt``) or a transformers config's
+    ``id2label`` (None when unknown). An ``.npz`` is built as ``architecture`` (e.g.
+    ``"ViT_B16"``) or, without it, as the architecture its array shapes describe; a timm file
+    as its shapes describe (:func:`keras_vit.from_timm`), a transformers directory as its
+    ``config.json`` says.
     """
 
     import keras_vit  # also registers the layers for keras.models.load_model

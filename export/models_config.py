@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 from export.versions import locked
+from keras_vit.files import write_text_atomically
 
 logger = logging.getLogger("keras_vit.export")
 
@@ -50,21 +50,6 @@ def read_models_config(path: str):
     return config
 
 
-def _write_atomically(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".models.config.", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def register_model(base_dir: str, name: str) -> str:
     """Lists ``name`` (base path ``<base>/<name>``, absolute) in ``<base>/models.config``.
 
@@ -87,5 +72,5 @@ def register_model(base_dir: str, name: str) -> str:
                                path, name, existing[0].base_path, base_path)
             return path
         entries.add(name=name, base_path=base_path, model_platform="tensorflow")
-        _write_atomically(path, text_format.MessageToString(config))
+        write_text_atomically(path, text_format.MessageToString(config))
     return path

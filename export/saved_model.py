@@ -182,7 +182,8 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     ``frozen=True`` writes the constant-weight CPU serving graph (:mod:`export.frozen`; a
     server with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`` gets its kernels from the default
     export at about a quarter of the memory): weights as constants, LayerNorm and attention
-    scale folded into the projections, stored in ``precision`` (``"float32"`` or ``"bfloat16"``); same signatures, float32 outputs.
+    scale folded into the projections, stored in ``precision`` (``"float32"`` or
+    ``"bfloat16"``); same signatures, float32 outputs.
     ``precision="bfloat16"`` without ``frozen`` keeps the weights as bfloat16 variables.
     The default (variables, float32) is the model exactly as trained.
     """
@@ -198,6 +199,14 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     if image_size is not None:
         model = keras_vit.model_at_resolution(model, image_size)
     archive = _build_archive(model, labels, top_k, frozen, precision, max_pixels, max_batch)
+    final = _publish_version(archive, base_dir, name, version, overwrite, info, warmup)
+    _register(base_dir, name, final)
+    return final
+
+
+def _publish_version(archive, base_dir, name, version, overwrite, info, warmup) -> str:
+    """Writes the version in a staging directory claimed under the lock, then renames it
+    into place; returns its path. Any failure: nothing was written."""
     model_dir = os.path.join(base_dir, name)
     if version is not None and os.path.lexists(os.path.join(model_dir, str(version))) \
             and not overwrite:  # fail early; claim_version checks again under the lock
@@ -215,13 +224,17 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
             raise
         raise ExportError(f"export to {model_dir} failed, nothing was written: "
                           f"{type(error).__name__}: {error}") from error
+    return final
+
+
+def _register(base_dir: str, name: str, final: str) -> None:
+    """Lists the model in ``<base_dir>/models.config`` (the version is live already)."""
     try:
         register_model(base_dir, name)
     except Exception as error:
         raise ExportError(f"version {final} was written and is live (a server polling "
-                          f"{model_dir} will load it), but {base_dir}/models.config was not "
-                          f"updated: {error}") from error
-    return final
+                          f"{os.path.join(base_dir, name)} will load it), but "
+                          f"{base_dir}/models.config was not updated: {error}") from error
 
 
 def read_labels(path: str) -> list:

@@ -16,6 +16,7 @@ from keras_vit.checkpoints import (POS_EMBEDDING_KEY, CheckpointError, check_bou
                                    transformers_weights_file)
 from keras_vit.position_embeddings import to_pair
 from keras_vit.sources import check_pooler_act, read_transformers_config, source_numerics
+from keras_vit.variants import VARIANTS, resnet_stride
 
 # Blocks and ResNet units are counted from one key each complete one has (a stray key such
 # as "Transformer/encoderblock_2999/junk" must not make a 3,000-block model); any other key
@@ -113,7 +114,7 @@ def checkpoint_architecture(path: str, image_size=None) -> dict:
         args["resnet_width"] = shape("conv_root/kernel", 4)[-1] // 64
         bounds.update({"ResNet stages": len(units), "ResNet units per stage": max(units),
                        "ResNet width": args["resnet_width"]})
-        stride *= 4 * 2 ** (len(units) - 1)
+        stride *= resnet_stride(units)
     else:
         args["channels"] = channels
     if "pre_logits/bias" in index:
@@ -141,15 +142,15 @@ def model_from_checkpoint(path: str, variant: Optional[str] = None,
     Returns:
         The loaded ``keras.Model``.
     """
-    import keras_vit
+    from keras_vit import models
 
     args = checkpoint_architecture(path, image_size)
     if variant is None:
-        return keras_vit.ViT(weights=path, name="vit", **args)
-    if variant not in keras_vit.VARIANTS:
+        return models.ViT(weights=path, name="vit", **args)
+    if variant not in VARIANTS:
         raise ValueError(f"unknown model {variant!r}: expected one of "
-                         f"{', '.join(sorted(keras_vit.VARIANTS))}")
-    return getattr(keras_vit, variant)(
+                         f"{', '.join(sorted(VARIANTS))}")
+    return getattr(models, variant)(
         weights=path, image_size=args["image_size"], num_classes=args["num_classes"],
         classifier=args["classifier"], representation_size=args.get("representation_size"))
 
@@ -249,15 +250,31 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
     """
     index = read_safetensors_index(path)
     check_dtypes(index, path)
-
-    def shape(key, rank):
-        return _tensor_shape(index, key, path, rank, "not a timm VisionTransformer checkpoint")
-
     if any(key.startswith("fc_norm.") for key in index):
         raise CheckpointError(f"{path}: timm's fc_norm (LayerNorm after average pooling) is "
                               "not supported; keras_vit normalises before pooling (timm's "
                               "fc_norm=False)")
-    proj = shape("patch_embed.proj.weight", 4)
+    args, bounds, channels = _timm_transformer(index, path, classifier, num_heads)
+    stride = args["patch_size"] * _timm_resnet(index, path, args, bounds, channels)
+    check_bounds(path, bounds)
+    _check_holds_blocks(index, _TIMM_BLOCK, args, path)
+    has_cls = int("cls_token" in index)
+    tokens = _check_position_embedding(_timm_shape(index, path, "pos_embed", 3), "pos_embed",
+                                       path, args["hidden_size"], has_cls)
+    if image_size is None:
+        image_size = _square_image_size(tokens, has_cls, stride, path, "position embeddings")
+    args["image_size"] = image_size
+    return args
+
+
+def _timm_shape(index, path, key, rank):
+    return _tensor_shape(index, key, path, rank, "not a timm VisionTransformer checkpoint")
+
+
+def _timm_transformer(index, path, classifier, num_heads) -> Tuple[dict, dict, int]:
+    """The Transformer's arguments (patch, widths, depth, heads, pooling, head, pre-logits),
+    the bounds they must be within, and the input channels."""
+    proj = _timm_shape(index, path, "patch_embed.proj.weight", 4)
     hidden, channels, patch = proj[0], proj[1], _square_patch(proj, "patch_embed.proj.weight",
                                                               path)
     if num_heads is None:
@@ -271,37 +288,35 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
                    "blocks", "'blocks.{i}.attn.qkv.weight'")
     _refuse_outside(index, _TIMM_BLOCK, depth, path,
                     "blocks (complete blocks have 'blocks.{i}.attn.qkv.weight')")
-    args = dict(patch_size=int(patch), hidden_size=int(hidden),
-                mlp_size=int(shape("blocks.0.mlp.fc1.weight", 2)[0]), num_heads=int(num_heads),
-                num_layers=depth, classifier=classifier or ("token" if has_cls else "gap"))
+    mlp = _timm_shape(index, path, "blocks.0.mlp.fc1.weight", 2)[0]
+    args = dict(patch_size=int(patch), hidden_size=int(hidden), mlp_size=int(mlp),
+                num_heads=int(num_heads), num_layers=depth,
+                classifier=classifier or ("token" if has_cls else "gap"))
     if "head.weight" in index:
-        args["num_classes"] = int(shape("head.weight", 2)[0])
+        args["num_classes"] = int(_timm_shape(index, path, "head.weight", 2)[0])
     else:
         args["include_top"] = False
     if "pre_logits.fc.weight" in index:  # timm < 0.9's representation layer
-        args["representation_size"] = int(shape("pre_logits.fc.weight", 2)[0])
+        args["representation_size"] = int(_timm_shape(index, path, "pre_logits.fc.weight", 2)[0])
     bounds = {"width": max(hidden, args.get("representation_size", 0)),
               "MLP width": args["mlp_size"], "depth": depth, "patch size": patch,
               "channels": channels, "classes": args.get("num_classes", 1)}
+    return args, bounds, channels
+
+
+def _timm_resnet(index, path, args: dict, bounds: dict, channels: int) -> int:
+    """A hybrid's ResNet arguments (and their bounds) added; the ResNet's stride (1 for a
+    plain ViT, which takes the input channels instead)."""
     counts = _timm_units(index, path)
-    stride = int(patch)
-    if counts:
-        args["resnet_stages"] = counts
-        args["resnet_width"] = shape("patch_embed.backbone.stem.conv.weight", 4)[0] // 64
-        bounds.update({"ResNet stages": len(counts), "ResNet units per stage": max(counts),
-                       "ResNet width": args["resnet_width"]})
-        stride *= 4 * 2 ** (len(counts) - 1)
-    else:
+    if not counts:
         args["channels"] = int(channels)
-    check_bounds(path, bounds)
-    _check_holds_blocks(index, _TIMM_BLOCK, args, path)
-    tokens = _check_position_embedding(shape("pos_embed", 3), "pos_embed", path, hidden,
-                                       int(has_cls))
-    if image_size is None:
-        image_size = _square_image_size(tokens, int(has_cls), stride, path,
-                                        "position embeddings")
-    args["image_size"] = image_size
-    return args
+        return 1
+    args["resnet_stages"] = counts
+    stem = _timm_shape(index, path, "patch_embed.backbone.stem.conv.weight", 4)
+    args["resnet_width"] = stem[0] // 64
+    bounds.update({"ResNet stages": len(counts), "ResNet units per stage": max(counts),
+                   "ResNet width": args["resnet_width"]})
+    return resnet_stride(counts)
 
 
 def _timm_units(index, path) -> Tuple[int, ...]:
@@ -342,11 +357,11 @@ def from_timm(path: str, classifier: Optional[str] = None, num_heads: Optional[i
         original weights), it takes [0, 255] pixels; for checkpoints trained with ImageNet
         mean / std, pass ``include_preprocessing=False`` and normalise the input yourself.
     """
-    import keras_vit
+    from keras_vit import models
 
     args = timm_architecture(path, classifier, num_heads, image_size)
     args.update(kwargs)
-    return keras_vit.ViT(weights=path, **{"name": "vit", **args})
+    return models.ViT(weights=path, **{"name": "vit", **args})
 
 
 def transformers_architecture(directory: str, image_size=None) -> Tuple[dict, list]:
@@ -473,10 +488,10 @@ def from_transformers(directory: str, image_size=None, **kwargs) -> keras.Model:
     Returns:
         The loaded ``keras.Model``.
     """
-    import keras_vit
+    from keras_vit import models
 
     args, names = transformers_architecture(directory, image_size)
     args.update(kwargs)
-    model = keras_vit.ViT(weights=directory, **{"name": "vit", **args})
+    model = models.ViT(weights=directory, **{"name": "vit", **args})
     model.class_names = names if args.get("include_top", True) else []
     return model

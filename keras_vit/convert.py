@@ -48,12 +48,13 @@ def convert_checkpoint(checkpoint: str, variant: str, output: str, image_size=No
     Returns:
         The converted model.
     """
-    import keras_vit
+    from keras_vit import models
+    from keras_vit.variants import VARIANTS
     from keras_vit.pretrained import is_published_name
 
-    if variant not in keras_vit.VARIANTS:
+    if variant not in VARIANTS:
         raise ValueError(f"unknown model {variant!r}: expected one of "
-                         f"{', '.join(sorted(keras_vit.VARIANTS))}")
+                         f"{', '.join(sorted(VARIANTS))}")
     if not output.endswith(OUTPUT_SUFFIXES):
         raise ValueError(f"output must end in .keras or .weights.h5, got {output!r}")
     if os.path.exists(output):
@@ -61,7 +62,7 @@ def convert_checkpoint(checkpoint: str, variant: str, output: str, image_size=No
     if not is_published_name(checkpoint):
         num_classes, representation_size = _checkpoint_defaults(
             checkpoint, num_classes, representation_size, include_top=True)
-    model = getattr(keras_vit, variant)(
+    model = getattr(models, variant)(
         image_size=image_size, num_classes=num_classes, classifier=classifier,
         representation_size=representation_size, weights=checkpoint)
     if output.endswith(".keras"):

@@ -72,59 +72,38 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         include_preprocessing: bool = True, dropout_rate: float = 0.0,
         attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
         channels: int = 3, dtype=None, name: str = "vit", gelu: Optional[str] = None,
-        layer_norm_epsilon: Optional[float] = None,
-        group_norm_epsilon: Optional[float] = None,
+        layer_norm_epsilon: Optional[float] = None, group_norm_epsilon: Optional[float] = None,
         std_conv_epsilon: Optional[float] = None,
         std_conv_epsilon_in_sqrt: Optional[bool] = None) -> keras.Model:
     """Builds a Vision Transformer (or, with ``resnet_stages``, a ResNet+ViT hybrid).
 
-    The model takes images of shape (batch, H, W, channels): raw pixels in [0, 255] when
+    The model takes images (batch, H, W, channels): raw pixels in [0, 255] when
     ``include_preprocessing`` (it rescales them to [-1, 1] itself, as the original input
-    pipeline did), else values already in [-1, 1]. It is built for ``image_size`` and also
-    accepts any other size that is a multiple of the patch size (times the ResNet stride for
-    hybrids), interpolating its position embeddings in the graph.
-
-    With ``include_top`` it returns float32 logits (batch, num_classes); without, the pooled
-    features (after the final LayerNorm and the pre-logits layer if any).
+    pipeline did), else values in [-1, 1]. Built for ``image_size``, it accepts any multiple
+    of the patch size (times the ResNet stride for hybrids), interpolating its position
+    embeddings in the graph. It returns float32 logits (batch, num_classes), or without
+    ``include_top`` the pooled features (after the final LayerNorm and pre-logits if any).
 
     Args:
-        image_size: int or (height, width) the position embeddings are learned for; a
-            multiple of ``patch_size`` (times the ResNet stride for hybrids).
-        patch_size: side of the square patches (1 for hybrids: the ResNet's feature map).
-        hidden_size: token width D.
-        mlp_size: hidden width of each block's MLP.
-        num_heads: attention heads (must divide ``hidden_size``).
-        num_layers: Transformer blocks.
-        resnet_stages: units per BiT ResNet v2 stage, e.g. (3, 4, 9); None: a plain ViT.
-        resnet_width: width multiplier of the ResNet.
-        num_classes: outputs of the head.
-        include_top: False: no head; the model returns the pooled features.
-        weights: None, an original ``.npz`` checkpoint path, a timm ``.safetensors`` file, a
-            transformers model directory (``config.json`` + ``model.safetensors``), a
-            ``.keras`` / ``.weights.h5`` file, or (via the named builders such as
-            :func:`ViT_B16`) a published checkpoint name. ``.npz`` files load with
-            :func:`keras_vit.load_pretrained`, timm and transformers files with
-            :func:`keras_vit.load_timm` / :func:`keras_vit.load_transformers`.
+        image_size: int or (height, width) the position embeddings are learned for.
+        patch_size, hidden_size, mlp_size, num_heads, num_layers, resnet_stages, resnet_width:
+            the architecture: the fields of :class:`keras_vit.ViTConfig`, as in each row of
+            :data:`keras_vit.VARIANTS` (``num_heads`` must divide ``hidden_size``).
+        num_classes, include_top: outputs of the head; ``include_top=False``: no head.
+        weights: None, an original ``.npz`` (:func:`keras_vit.load_pretrained`), a timm
+            ``.safetensors`` file (:func:`keras_vit.load_timm`), a transformers model directory
+            (:func:`keras_vit.load_transformers`), a ``.keras`` / ``.weights.h5`` file, or (via
+            the named builders such as :func:`ViT_B16`) a published checkpoint name.
         classifier: ``"token"`` (class token) or ``"gap"`` (mean of the tokens, no class token).
         representation_size: width of a pre-logits ``Dense + tanh`` layer; None: none.
-        include_preprocessing: the model rescales [0, 255] pixels to [-1, 1] itself.
-        dropout_rate: dropout after the position embeddings and the dense layers.
-        attention_dropout_rate: dropout on the attention probabilities.
-        drop_path_rate: stochastic depth of the last block; it grows linearly from 0 at the
-            first block.
-        channels: input channels.
-        dtype: a dtype policy for the model's layers (default: the global policy); the head
-            is float32 under every policy.
-        name: the model's name.
+        dropout_rate, attention_dropout_rate, drop_path_rate: dropout after the position
+            embeddings and dense layers; on the attention probabilities; stochastic depth of
+            the last block (growing linearly from 0 at the first).
+        channels, dtype, name: input channels; the layers' dtype policy (the head is float32
+            under every policy); the model's name.
         gelu, layer_norm_epsilon, group_norm_epsilon, std_conv_epsilon,
-            std_conv_epsilon_in_sqrt: the numerics (see :mod:`keras_vit.sources`); None:
-            those of the source of ``weights`` (timm: exact GELU, GroupNorm 1e-5, weight
-            standardisation ``/ sqrt(var + 1e-8)``; transformers: exact GELU and the
-            ``layer_norm_eps`` of its ``config.json``), else the original's (tanh GELU,
-            LayerNorm and GroupNorm 1e-6, ``/ (std + 1e-5)``).
-
-    Returns:
-        A ``keras.Model``.
+            std_conv_epsilon_in_sqrt: the numerics (:mod:`keras_vit.sources`); None: those of
+            the source of ``weights`` (timm, transformers), else the original's.
 
     Example:
     >>> model = ViT(image_size=32, patch_size=8, hidden_size=64, mlp_size=128, num_heads=4,
@@ -132,6 +111,31 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
     >>> model.output_shape
     (None, 10)
     """
+    config = _architecture(classifier, patch_size, hidden_size, mlp_size, num_heads,
+                           num_layers, resnet_stages, resnet_width)
+    rates = _dropout_rates(dropout_rate, attention_dropout_rate, drop_path_rate)
+    numerics = _numerics(weights, gelu=gelu, layer_norm_epsilon=layer_norm_epsilon,
+                         group_norm_epsilon=group_norm_epsilon,
+                         std_conv_epsilon=std_conv_epsilon,
+                         std_conv_epsilon_in_sqrt=std_conv_epsilon_in_sqrt)
+    grid = _token_grid(config, image_size, classifier, dtype)
+    inputs = keras.Input(shape=(None, None, channels), name="images")
+    x = _stem(inputs, config, channels, include_preprocessing, numerics, dtype)
+    x = _encoder(x, config, grid, classifier, rates, numerics, dtype)
+    x = _top(x, classifier, representation_size, include_top, num_classes, dtype)
+    return _with_weights(ViTModel(inputs, x, name=name), weights)
+
+
+def _with_weights(model: keras.Model, weights) -> keras.Model:
+    if weights is not None:
+        from keras_vit.weights import load_weights
+        load_weights(model, weights)
+    return model
+
+
+def _architecture(classifier, patch_size, hidden_size, mlp_size, num_heads, num_layers,
+                  resnet_stages, resnet_width) -> ViTConfig:
+    """The builder's arguments as a :class:`ViTConfig` (a row of the variant table), checked."""
     if classifier not in CLASSIFIERS:
         raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
     config = ViTConfig(patch_size=int(patch_size), hidden_size=int(hidden_size),
@@ -141,18 +145,29 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
                        resnet_width=int(resnet_width))
     if config.hidden_size % config.num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-    for what, value in (("dropout_rate", dropout_rate),
-                        ("attention_dropout_rate", attention_dropout_rate),
-                        ("drop_path_rate", drop_path_rate)):
+    return config
+
+
+def _dropout_rates(dropout_rate, attention_dropout_rate, drop_path_rate) -> dict:
+    rates = dict(dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
+                 drop_path_rate=drop_path_rate)
+    for what, value in rates.items():
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{what} must be in [0, 1), got {value}")
+    return rates
+
+
+def _numerics(weights, **chosen) -> dict:
+    """The numerics of the source of ``weights``, with the ones passed (not None) instead."""
     numerics = source_numerics(weights)
-    for key, value in (("gelu", gelu), ("layer_norm_epsilon", layer_norm_epsilon),
-                       ("group_norm_epsilon", group_norm_epsilon),
-                       ("std_conv_epsilon", std_conv_epsilon),
-                       ("std_conv_epsilon_in_sqrt", std_conv_epsilon_in_sqrt)):
+    for key, value in chosen.items():
         if value is not None:
             numerics[key] = value
+    return numerics
+
+
+def _token_grid(config: ViTConfig, image_size, classifier, dtype):
+    """The (rows, columns) of tokens of ``image_size``, checked divisible and to fit memory."""
     height, width = to_pair(image_size, "image_size")
     stride = total_stride(config)
     if height % stride or width % stride:
@@ -164,42 +179,50 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         keras.config.dtype_policy()
     check_fits(config, (height, width), int(classifier == "token"),
                activation_bytes=2 if "16" in policy.compute_dtype else 4)
+    return grid
 
-    inputs = keras.Input(shape=(None, None, channels), name="images")
-    x = ImageValidation(stride, channels, name="image_validation", dtype=dtype)(inputs)
+
+def _stem(inputs, config: ViTConfig, channels, include_preprocessing, numerics, dtype):
+    """Input checks, the rescaling to [-1, 1] and (hybrids) the ResNet backbone."""
+    x = ImageValidation(total_stride(config), channels, name="image_validation",
+                        dtype=dtype)(inputs)
     if include_preprocessing:
         # Original input pipeline: x / 127.5 - 1, no mean/std normalisation.
         x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling", dtype=dtype)(x)
     if config.resnet_stages:
         x = _resnet_v2_backbone(x, config.resnet_stages, config.resnet_width, dtype, numerics)
+    return x
+
+
+def _encoder(x, config: ViTConfig, grid, classifier, rates, numerics, dtype):
+    """Patch embedding, position embeddings, the Transformer blocks and the final norm."""
     x = Patches(config.patch_size, config.hidden_size, name="embedding", dtype=dtype)(x)
     x = PatchEncoder(grid, config.hidden_size, num_prefix_tokens=int(classifier == "token"),
-                     dropout_rate=dropout_rate, name="posembed_input", dtype=dtype)(x)
+                     dropout_rate=rates["dropout_rate"], name="posembed_input", dtype=dtype)(x)
     for i in range(config.num_layers):
         # Stochastic depth grows linearly with depth (0 for the first block).
-        rate = drop_path_rate * i / max(config.num_layers - 1, 1)
-        x = TransformerBlock(config.num_heads, config.mlp_size, dropout_rate=dropout_rate,
-                             attention_dropout_rate=attention_dropout_rate,
+        rate = rates["drop_path_rate"] * i / max(config.num_layers - 1, 1)
+        x = TransformerBlock(config.num_heads, config.mlp_size,
+                             dropout_rate=rates["dropout_rate"],
+                             attention_dropout_rate=rates["attention_dropout_rate"],
                              drop_path_rate=rate, name=f"encoderblock_{i}", dtype=dtype,
                              gelu=numerics["gelu"],
                              layer_norm_epsilon=numerics["layer_norm_epsilon"])(x)
-    x = keras.layers.LayerNormalization(epsilon=numerics["layer_norm_epsilon"],
-                                        name="encoder_norm", dtype=dtype)(x)
+    return keras.layers.LayerNormalization(epsilon=numerics["layer_norm_epsilon"],
+                                           name="encoder_norm", dtype=dtype)(x)
+
+
+def _top(x, classifier, representation_size, include_top, num_classes, dtype):
+    """Pooling, the pre-logits layer if any, and the head (or the features' output)."""
     x = TokenPooling(classifier, name="pool", dtype=dtype)(x)
     if representation_size:
         x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits",
                                dtype=dtype)(x)
     if include_top:
         # Zero-initialised head in float32 (paper section 3.1, fine-tuning).
-        x = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head",
-                               dtype="float32")(x)
-    else:
-        x = keras.layers.Activation("linear", name="features", dtype="float32")(x)
-    model = ViTModel(inputs, x, name=name)
-    if weights is not None:
-        from keras_vit.weights import load_weights
-        load_weights(model, weights)
-    return model
+        return keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head",
+                                  dtype="float32")(x)
+    return keras.layers.Activation("linear", name="features", dtype="float32")(x)
 
 
 def _label_published_head(model: keras.Model, meta) -> None:

@@ -23,6 +23,8 @@ import math
 import os
 from typing import Optional
 
+from keras_vit.errors import CheckpointError
+
 ORIGINAL, TIMM, TRANSFORMERS = "original", "timm", "transformers"
 
 NUMERICS = {
@@ -42,7 +44,6 @@ PICKLED_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
 
 def refuse_pickle(path: str) -> None:
     """Raises for a pickled PyTorch checkpoint: unpickling can run arbitrary code."""
-    from keras_vit.checkpoints import CheckpointError
     raise CheckpointError(
         f"{path}: pickled PyTorch checkpoints (.bin, .pth, .pt) are refused (unpickling can "
         "run code); use the model's .safetensors file instead (timm: the .safetensors file; "
@@ -102,7 +103,6 @@ def read_transformers_config(directory) -> dict:
     Raises:
         CheckpointError: no or unreadable ``config.json``, or not a ViT (``model_type``).
     """
-    from keras_vit.checkpoints import CheckpointError
     directory = os.fspath(directory)
     path = os.path.join(directory, "config.json")
     if not os.path.exists(path):
@@ -151,7 +151,6 @@ _CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads",
 def _check_config_fields(config: dict, path: str) -> None:
     """The fields keras_vit reads, where present: types and ranges (a config.json is data
     from the hub, not code: ``"abc"``, null, 32.7 or a negative epsilon are refused)."""
-    from keras_vit.checkpoints import CheckpointError
     for field in _CONFIG_FIELDS:
         if field in config:
             problem = _config_problem(field, config[field])
@@ -162,7 +161,6 @@ def _check_config_fields(config: dict, path: str) -> None:
 def check_pooler_act(config: dict, directory, index) -> None:
     """A ``ViTModel``'s pooler (keras_vit's ``pre_logits``, tanh) with another activation
     cannot be computed: refused when the checkpoint has a pooler."""
-    from keras_vit.checkpoints import CheckpointError
     act = config.get("pooler_act", "tanh")
     if act != "tanh" and any(key.startswith("pooler.") for key in index):
         path = os.path.join(os.fspath(directory), "config.json")

@@ -63,12 +63,17 @@ VARIANTS = {
 }
 
 
+def resnet_stride(resnet_stages: Optional[Tuple[int, ...]]) -> int:
+    """The BiT ResNet v2's downsampling along each axis (1 without a ResNet)."""
+    if not resnet_stages:
+        return 1
+    # Stem: conv stride 2 + max-pool stride 2; every stage after the first halves again.
+    return 4 * 2 ** (len(resnet_stages) - 1)
+
+
 def total_stride(config: ViTConfig) -> int:
     """Pixels per token along each axis: the patch size times the ResNet's downsampling."""
-    if not config.resnet_stages:
-        return config.patch_size
-    # Stem: conv stride 2 + max-pool stride 2; every stage after the first halves again.
-    return config.patch_size * 4 * 2 ** (len(config.resnet_stages) - 1)
+    return config.patch_size * resnet_stride(config.resnet_stages)
 
 
 def physical_memory() -> Optional[int]:

@@ -91,7 +91,7 @@ def load_keras_model(path: str) -> keras.Model:
     """``keras.saving.load_model`` for a ``.keras`` file, with the loaders' promises: a
     corrupt file and any Keras error are one-line :class:`CheckpointError` s naming the
     file, and a model with NaN or infinite weights is refused naming them."""
-    import keras_vit  # noqa: F401  (registers the layers for deserialization)
+    import keras_vit.layers  # noqa: F401  (registers the layers for deserialization)
     check_keras_file(path)
     try:
         model = keras.saving.load_model(path)

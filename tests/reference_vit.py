@@ -176,7 +176,8 @@ def forward(p, images, *, heads, classifier="token", use_pre_logits=True, featur
         o = np.einsum("bhnk,hkd->bnd", probs @ v, p[f"{att}/out/kernel"]) + p[f"{att}/out/bias"]
         x = x + o
         y = _layer_norm(x, p[f"{pre}/LayerNorm_2/scale"], p[f"{pre}/LayerNorm_2/bias"])
-        y = _gelu_tanh(y @ p[f"{pre}/MlpBlock_3/Dense_0/kernel"] + p[f"{pre}/MlpBlock_3/Dense_0/bias"])
+        y = _gelu_tanh(y @ p[f"{pre}/MlpBlock_3/Dense_0/kernel"]
+                       + p[f"{pre}/MlpBlock_3/Dense_0/bias"])
         x = x + y @ p[f"{pre}/MlpBlock_3/Dense_1/kernel"] + p[f"{pre}/MlpBlock_3/Dense_1/bias"]
         i += 1
     x = _layer_norm(x, p["Transformer/encoder_norm/scale"], p["Transformer/encoder_norm/bias"])

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 import keras_vit
 from export.run_layout import CONFIG, LOCK, RunLayout, fits_labels_txt, labels_json
+from keras_vit.files import write_atomically, write_text_atomically
 from keras_vit.sources import parse_json
 from training.data import (DEFAULT_MAX_BAD_IMAGES, BadImages, DataError, DataSource,
                            load_source, make_eval_pipeline, make_train_pipeline)
@@ -426,14 +427,6 @@ def _check_run_directory(layout: RunLayout, resume: bool, export: bool) -> None:
                             f"directory (no {CONFIG}); choose another --output")
 
 
-def _write_text(path: str, text: str) -> None:
-    """Writes ``path`` whole or not at all (temporary file, then rename), on any filesystem."""
-    partial = path + ".partial"
-    with tf.io.gfile.GFile(partial, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(partial, path, overwrite=True)
-
-
 def _create_state(run: _Run) -> _State:
     """Model and optimizer in the strategy's scope, their checkpoint, restored on resume."""
     recipe = run.recipe
@@ -455,7 +448,7 @@ def _create_state(run: _Run) -> _State:
         _restore(run, checkpoint)
     if run.is_chief:
         tf.io.gfile.makedirs(run.layout.root)
-        _write_text(run.layout.config, run.config.to_json())
+        write_text_atomically(run.layout.config, run.config.to_json())
     state = _State(model, optimizer, step_var, checkpoint, manager, int(step_var.numpy()))
     run.say(f"keras-vit train: {recipe.model} on {run.source.name} ({run.source.num_train} "
             f"train / {run.source.num_test} test), {run.total_steps} steps of "
@@ -744,9 +737,9 @@ def _write_labels(run: _Run) -> None:
     """``labels.json`` (the class names exactly: what predict and export read), and
     ``labels.txt`` (one a line) only when every name reads back from it as itself."""
     layout, names = run.layout, run.source.labels
-    _write_text(layout.labels_json, labels_json(names))
+    write_text_atomically(layout.labels_json, labels_json(names))
     if all(fits_labels_txt(name) for name in names):
-        _write_text(layout.labels, "\n".join(names) + "\n")
+        write_text_atomically(layout.labels, "\n".join(names) + "\n")
         return
     if tf.io.gfile.exists(layout.labels):
         tf.io.gfile.remove(layout.labels)
@@ -759,10 +752,8 @@ def _write_labels(run: _Run) -> None:
 def _write_outputs(run: _Run, model, metrics):
     layout = run.layout
     _write_labels(run)
-    partial = layout.model[:-len(".keras")] + ".partial.keras"
     model.class_names = list(run.source.labels)  # saved in model.keras (keras_vit.models.ViTModel)
-    model.save(partial)
-    tf.io.gfile.rename(partial, layout.model, overwrite=True)
+    write_atomically(layout.model, model.save, suffix=".keras")
     if run.config.export:
         from export import export_saved_model
         from export.saved_model import version_of
@@ -773,7 +764,7 @@ def _write_outputs(run: _Run, model, metrics):
                                                        labels=run.source.labels)
     from training.figures import write_training_curves
     write_training_curves(layout.root)
-    _write_text(layout.metrics, json.dumps(metrics, indent=2))
+    write_text_atomically(layout.metrics, json.dumps(metrics, indent=2))
     speed = metrics["examples_per_second"]
     run.say(f"test top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
             f"({metrics['num_test_examples']} examples), {metrics['steps']} steps, "

@@ -381,7 +381,7 @@ def _no_build(monkeypatch):
     """keras_vit.ViT raises if called: a check must refuse the file before any model."""
     def build(**kwargs):
         raise AssertionError(f"keras_vit.ViT called before the checks ({kwargs})")
-    monkeypatch.setattr(keras_vit, "ViT", build)
+    monkeypatch.setattr(keras_vit.models, "ViT", build)
 
 
 def _write_npz(path, params, declared=None):

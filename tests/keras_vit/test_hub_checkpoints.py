@@ -110,7 +110,8 @@ def test_from_transformers_builds_the_config_and_labels():
     block = model.get_layer("encoderblock_0")
     assert (block.num_heads, block.mlp_size, block.gelu, block.layer_norm_epsilon) == (
         2, 64, "erf", 1e-12)
-    assert len([l for l in model.layers if isinstance(l, keras_vit.layers.TransformerBlock)]) == 2
+    assert len([layer for layer in model.layers
+                if isinstance(layer, keras_vit.layers.TransformerBlock)]) == 2
     assert _rel_err(model(IMAGES).numpy(), REFERENCE["transformers_vit"]) < 1e-5
 
 
@@ -330,7 +331,7 @@ def _no_build(monkeypatch):
     """keras_vit.ViT raises if called: a check must refuse the file before any model."""
     def build(**kwargs):
         raise AssertionError(f"keras_vit.ViT called before the checks ({kwargs})")
-    monkeypatch.setattr(keras_vit, "ViT", build)
+    monkeypatch.setattr(keras_vit.models, "ViT", build)
 
 
 def test_timm_pre_logits_load_into_a_model_with_representation_size(tmp_path):

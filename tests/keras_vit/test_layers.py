@@ -74,7 +74,9 @@ def _block_reference(x, block):
 
     y = ln(x, w["ln1_gamma"], w["ln1_beta"])
     q, k, v = np.split(y @ w["qkv_kernel"] + w["qkv_bias"], 3, axis=-1)
-    split = lambda t: t.reshape(t.shape[0], t.shape[1], h, d // h).transpose(0, 2, 1, 3)
+    def split(t):
+        return t.reshape(t.shape[0], t.shape[1], h, d // h).transpose(0, 2, 1, 3)
+
     q, k, v = split(q) / np.sqrt(d // h), split(k), split(v)
     logits = q @ k.transpose(0, 1, 3, 2)
     probs = np.exp(logits - logits.max(-1, keepdims=True))

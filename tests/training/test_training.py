@@ -245,7 +245,8 @@ def _wait(procs, log_dir, name, timeout=300):
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise AssertionError(f"{name}: workers did not finish in {timeout} s (deadlock)")
+            raise AssertionError(f"{name}: workers did not finish in {timeout} s (deadlock)") \
+                from None
     return [((log_dir / f"{name}{i}.out").read_text(), (log_dir / f"{name}{i}.err").read_text())
             for i in range(2)]
 
@@ -285,7 +286,7 @@ def test_sigterm_to_one_worker_stops_both_with_a_checkpoint_then_resume(tmp_path
                                           tf.train.latest_checkpoint(ckpt_dir)):
         time.sleep(0.2)
     procs[1].send_signal(signal.SIGTERM)  # the non-chief: the chief must save too
-    for p, (stdout, stderr) in zip(procs, _wait(procs, tmp_path, "first", 120)):
+    for p, (_stdout, stderr) in zip(procs, _wait(procs, tmp_path, "first", 120)):
         assert p.returncode == 2, stderr[-3000:]
         assert "stopped by a signal at step" in stderr
     stopped_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
@@ -293,7 +294,7 @@ def test_sigterm_to_one_worker_stops_both_with_a_checkpoint_then_resume(tmp_path
     procs = _start_workers(["-m", "training", "--resume", "--output", str(out)], tmp_path,
                            "resumed")
     outputs = _wait(procs, tmp_path, "resumed", 300)
-    for p, (stdout, stderr) in zip(procs, outputs):
+    for p, (_stdout, stderr) in zip(procs, outputs):
         assert p.returncode == 0, stderr[-3000:]
     assert f"resumed at step {stopped_at}" in outputs[0][0]
     assert json.load(open(out / "metrics.json"))["steps"] == 80
