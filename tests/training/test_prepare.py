@@ -191,3 +191,51 @@ def test_kill_minus_9_mid_write_leaves_no_complete_looking_output(tmp_path):
         load_source(f"tfds:{out}")
     # The leftover does not stand in the way of the next prepare.
     assert prepare_dataset(f"folder:{root}", str(out), say=lambda line: None)["train"] == 29
+
+
+def test_a_tfds_source_is_prepared_with_its_encoded_bytes(tmp_path):
+    """``tfds:NAME`` (the trainer's default splits: ``train[:98%]``, ``train[98%:]``)."""
+    from tests.training.test_data import TinyTrainOnly
+    data_dir = str(tmp_path / "tfds")
+    TinyTrainOnly(data_dir=data_dir).download_and_prepare()
+    source = load_source("tfds:tiny_train_only", data_dir)
+    out = tmp_path / "prepared"
+    result = prepare_dataset("tfds:tiny_train_only", str(out), data_dir=data_dir,
+                             say=lambda line: None)
+    assert (result["train"], result["test"]) == (49, 1)
+    builder = tfds.builder_from_directory(str(out))
+    assert builder.info.features["label"].names == ["0", "1"]
+    for split, ds in (("train", source.train), ("test", source.test)):
+        want = [(image, int(label)) for image, label in ds.as_numpy_iterator()]
+        assert _examples(builder, split) == want, split  # the same order, the same bytes
+
+
+def test_workers_of_a_prepared_dataset_share_its_epoch_without_overlap(tmp_path):
+    """A dataset in many shards (``shard_bytes``); two input pipelines (two workers) get
+    disjoint halves whose union is the epoch of one pipeline: the trainer's sharding by
+    position applies to a prepared dataset."""
+    from training.data import BadImages, make_train_pipeline
+    root = tmp_path / "images"
+    _folder(root, per_class=6)
+    out = tmp_path / "prepared"
+    prepare_dataset(f"folder:{root}", str(out), shard_bytes=4096, say=lambda line: None)
+    shards = sorted(n for n in os.listdir(out) if n.startswith("prepared-train."))
+    assert len(shards) > 2 and shards == [f"prepared-train.tfrecord-{i:05d}-of-"
+                                          f"{len(shards):05d}" for i in range(len(shards))]
+    source = load_source(f"tfds:{out}")
+    assert source.num_train == tfds.builder_from_directory(str(out)).info.splits[
+        "train"].num_examples
+
+    def images(pipelines, index, batch):
+        context = tf.distribute.InputContext(pipelines, index, pipelines)
+        ds = make_train_pipeline(source.train, 16, batch, seed=1, crop_area_min=0.5,
+                                 flip=True, read=source.read, input_context=context,
+                                 num_steps=source.num_train // 4, bad_images=BadImages())
+        return [image.tobytes() for batch_images, _ in ds.as_numpy_iterator()
+                for image in batch_images]
+
+    alone = images(1, 0, 4)
+    shares = [images(2, index, 2) for index in (0, 1)]
+    assert len(alone) == source.num_train // 4 * 4 >= 12
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(alone)
