@@ -99,6 +99,22 @@ def test_a_non_empty_output_is_refused_in_one_line_and_left_alone(tmp_path, caps
     assert sorted(os.listdir(tmp_path)) == ["images", "prepared"]  # no partial directory
 
 
+def test_more_bad_images_than_the_limit_stop_prepare_in_one_line_writing_nothing(tmp_path,
+                                                                                  capsys):
+    root = tmp_path / "images"
+    bad = _folder(root, per_class=3)
+    out = tmp_path / "prepared"
+    assert main(["prepare", "--dataset", f"folder:{root}", "--output", str(out),
+                 "--max-bad-images", "1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "keras-vit prepare: error: 2 images could not be read or decoded, more than "
+        "--max-bad-images 1: "), lines
+    named = lines[0].split("--max-bad-images 1: ")[1].split("; ")[0]
+    assert sorted(named.split(", ")) == bad, lines
+    assert sorted(os.listdir(tmp_path)) == ["images"]
+
+
 def _files(directory):
     return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
 
