@@ -190,9 +190,12 @@ def test_kill_minus_9_mid_write_leaves_no_complete_looking_output(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, f"folder:{root}", str(out)],
                             cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    pattern = str(tmp_path / ".prepared.partial-*" / "prepared-train.tfrecord-00000")
+    def first_shards():  # wherever prepare writes it (hidden directories too)
+        return [os.path.join(d, name) for d, _, names in os.walk(tmp_path) for name in names
+                if name.startswith("prepared-train.tfrecord-00000")]
+
     deadline = time.monotonic() + 600
-    while not any(os.path.getsize(p) > 0 for p in glob.glob(pattern)):
+    while not any(os.path.getsize(p) > 0 for p in first_shards()):
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "the prepare never started writing"
         time.sleep(0.05)
