@@ -1,5 +1,5 @@
 """The ``keras-vit`` command: ``train`` (the main job), ``evaluate``, ``export``, ``predict``,
-``convert``, ``explain``, ``inspect``. ``python -m training`` runs ``train``."""
+``convert``, ``explain``, ``inspect``, ``prepare``. ``python -m training`` runs ``train``."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +10,8 @@ import time
 
 
 def _train_parser(parser):
-    from training.data import DEFAULT_MAX_BAD_IMAGES
     from training.distribute import STRATEGIES
-    from training.recipes import PRECISIONS, RECIPES
+    from training.recipes import DEFAULT_MAX_BAD_IMAGES, PRECISIONS, RECIPES
 
     # Defaults are None (filled in by _new_config) so that --resume can tell what was given.
     parser.add_argument("--recipe", choices=sorted(RECIPES),
@@ -20,7 +19,8 @@ def _train_parser(parser):
     parser.add_argument("--model", help="ViT_B16, R50_ViT_B16, ... or 'tiny'")
     parser.add_argument("--weights", help="pretrained weights: .npz, .keras, .weights.h5 or "
                                           "a published name (imagenet21k, ...)")
-    parser.add_argument("--dataset", help="digits, tfds:NAME or folder:PATH")
+    parser.add_argument("--dataset", help="digits, tfds:NAME, tfds:DIR (keras-vit prepare's "
+                                          "output) or folder:PATH")
     parser.add_argument("--data-dir", help="TFDS data directory")
     parser.add_argument("--train-split")
     parser.add_argument("--test-split")
@@ -235,6 +235,9 @@ def build_parser():
                                                        "or a LiteRT / ONNX file"))
     add_predict_arguments(sub.add_parser("predict", help="classify images with any model"))
     _convert_parser(sub.add_parser("convert", help="original .npz -> .keras / .weights.h5"))
+    from training import prepare
+    prepare.add_arguments(sub.add_parser("prepare", help="write a dataset once as TFDS "
+                                                         "shards (train with tfds:DIR)"))
     from export.startup import add_verbose_flag
     add_verbose_flag(parser, sub)
     return parser
@@ -247,6 +250,9 @@ def _check_arguments(args) -> None:
         _new_recipe(args).validate()
     elif args.command == "evaluate":
         _evaluate_inputs(args)
+    elif args.command == "prepare":
+        from training.prepare import check_arguments
+        check_arguments(args)
     elif hasattr(args, "check"):  # explain, inspect (training/inspect_cli.py)
         args.check(args)
 
@@ -274,6 +280,9 @@ def main(argv=None) -> int:
             return run_train(args)
         if args.command == "evaluate":
             return run_evaluate(args)
+        if args.command == "prepare":
+            from training.prepare import run
+            return run(args)
         if hasattr(args, "run"):  # explain, inspect (training/inspect_cli.py)
             return args.run(args)
         return run_convert(args)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from keras_vit import preprocess_image
 from keras_vit.preprocessing import _MAGIC, _pixel_check, decode_image
+from training.recipes import DEFAULT_MAX_BAD_IMAGES
 
 # Training images are the user's own files, not a stranger's request: the serving limit (25
 # million pixels, keras_vit.preprocessing.DEFAULT_MAX_PIXELS) would stop a run on a folder of
@@ -33,8 +34,6 @@ class DataError(ValueError):
     """A dataset specification that cannot be served (unknown name, missing folder...)."""
 
 
-# How many distinct unreadable images a run skips before it stops (--max-bad-images).
-DEFAULT_MAX_BAD_IMAGES = 100
 
 
 class BadImages:
@@ -156,32 +155,63 @@ def _default_test_split(name: str, train_split: Optional[str], splits) -> str:
                     "(e.g. --train-split 'train[:98%]' --test-split 'train[98%:]')")
 
 
+def _prepared_builder(name: str):
+    """The TFDS builder of the dataset directory ``name`` (``keras-vit prepare``'s output,
+    or any directory holding a ``dataset_info.json``); None when ``name`` is no directory."""
+    import tensorflow_datasets as tfds
+
+    if not os.path.isdir(name):
+        if name.startswith(("/", ".", "~")):
+            raise DataError(f"prepared dataset not found: {name}")
+        return None
+    if not tf.io.gfile.exists(os.path.join(name, "dataset_info.json")):
+        raise DataError(f"{name} holds no dataset_info.json: not a prepared dataset "
+                        "(write one with keras-vit prepare --dataset folder:PATH --output "
+                        f"{name})")
+    try:
+        return tfds.builder_from_directory(name)
+    except Exception as error:  # tfds raises several types for unreadable metadata
+        raise DataError(f"cannot open the prepared dataset {name}: {error}") from None
+
+
 def load_tfds(name: str, data_dir: Optional[str] = None, train_split: Optional[str] = None,
               test_split: Optional[str] = None, download: bool = True) -> DataSource:
-    """A TFDS image-classification dataset, with the paper's splits by default.
+    """A TFDS image-classification dataset (a name, or the directory of a prepared one),
+    with the paper's splits by default.
 
     Training uses ``train[:98%]`` (the paper holds 2% out as minival); evaluation uses
     ``test`` when the dataset has it, else ``validation``, else ``train[98%:]``. Splits that
-    would overlap are refused. Images stay encoded until after sharding.
+    would overlap are refused. Images stay encoded until after sharding. A dataset written
+    by ``keras-vit prepare`` trains on its whole ``train`` split by default.
     """
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as error:  # tfds raises several types for unknown names
-        raise DataError(f"unknown TFDS dataset {name!r}: {error}") from None
+    builder = _prepared_builder(name)
+    if builder is None:
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except Exception as error:  # tfds raises several types for unknown names
+            raise DataError(f"unknown TFDS dataset {name!r}: {error}") from None
     splits = builder.info.splits
     if test_split is None:
         test_split = _default_test_split(name, train_split, splits) if len(splits) else "test"
-    train_split = train_split or "train[:98%]"
+    # keras-vit prepare held the test split out already: its train split is all training.
+    from training.prepare import DESCRIPTION_PREFIX
+    prepared = builder.info.description.startswith(DESCRIPTION_PREFIX)
+    train_split = train_split or ("train" if prepared else "train[:98%]")
     if len(splits):
         _check_disjoint(name, train_split, test_split, splits)
     label = builder.info.features["label"]
     image_key = next(k for k, f in builder.info.features.items()
                      if isinstance(f, tfds.features.Image))
-    train_ds, test_ds = tfds.load(name, split=[train_split, test_split], data_dir=data_dir,
-                                  download=download, shuffle_files=False,
-                                  decoders={image_key: tfds.decode.SkipDecoding()})
+    decoders = {image_key: tfds.decode.SkipDecoding()}
+    if os.path.isdir(name):  # a dataset directory (keras-vit prepare): read, never built
+        train_ds, test_ds = builder.as_dataset(split=[train_split, test_split],
+                                               shuffle_files=False, decoders=decoders)
+    else:
+        train_ds, test_ds = tfds.load(name, split=[train_split, test_split],
+                                      data_dir=data_dir, download=download,
+                                      shuffle_files=False, decoders=decoders)
 
     def pairs(ds):
         return ds.map(lambda ex: (ex[image_key], tf.cast(ex["label"], tf.int64)),
@@ -245,15 +275,15 @@ def load_folder(path: str, test_fraction: float = 0.2) -> DataSource:
 
 def load_source(spec: str, data_dir: Optional[str] = None, train_split: Optional[str] = None,
                 test_split: Optional[str] = None) -> DataSource:
-    """``digits``, ``tfds:NAME`` or ``folder:PATH``."""
+    """``digits``, ``tfds:NAME``, ``tfds:DIR`` (a prepared dataset) or ``folder:PATH``."""
     if spec == "digits":
         return load_digits()
     if spec.startswith("tfds:"):
         return load_tfds(spec[5:], data_dir, train_split, test_split)
     if spec.startswith("folder:"):
         return load_folder(spec[7:])
-    raise DataError(f"unknown dataset {spec!r}: expected 'digits', 'tfds:NAME' or "
-                    "'folder:PATH'")
+    raise DataError(f"unknown dataset {spec!r}: expected 'digits', 'tfds:NAME', 'tfds:DIR' "
+                    "or 'folder:PATH'")
 
 
 def _crop_window(shape, area_min: float, seed):

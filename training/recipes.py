@@ -10,6 +10,11 @@ from typing import Optional
 # The mixed-precision policies a run may use (``--precision``).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
+# How many distinct unreadable images a run (or keras-vit prepare) skips before it stops
+# (--max-bad-images; training.data.BadImages). Here, not in training.data: the CLI shows it
+# in --help before TensorFlow loads.
+DEFAULT_MAX_BAD_IMAGES = 100
+
 # A small ViT for the built-in demo (digits at 32 px): 64 tokens of 4x4 patches.
 TINY_MODEL = dict(patch_size=4, hidden_size=64, mlp_size=128, num_heads=4, num_layers=4)
 

@@ -60,7 +60,7 @@ def test_help_and_argument_errors_import_no_tensorflow(tmp_path):
     missing = str(tmp_path / "missing")
     subcommands = _subcommands()
     assert {"train", "evaluate", "export", "predict", "convert", "explain",
-            "inspect"} <= set(subcommands)
+            "inspect", "prepare"} <= set(subcommands)
     helps = [["--help"]] + [[sub, "--help"] for sub in subcommands] + [
         ["train", "--verbose", "--help"]]
     errors = [
@@ -72,7 +72,9 @@ def test_help_and_argument_errors_import_no_tensorflow(tmp_path):
         ["explain", str(model), missing + ".png", "--output", str(tmp_path / "x.png")],
         ["explain", str(model), str(image), "--output", str(tmp_path / "x.txt")],
         ["export", missing + ".keras"], ["export", str(model), "--format", "onnx",
-                                         "--quantize", "int8"]]
+                                         "--quantize", "int8"],
+        ["prepare", "--dataset", "folder:" + missing, "--output", missing],
+        ["prepare", "--dataset", f"folder:{tmp_path}", "--output", str(tmp_path)]]
     results = _drive("training.cli", helps + errors)
     assert [r["code"] for r in results] == [0] * len(helps) + [2] * len(errors), results
     assert results[-1]["heavy"] == [], results  # the modules imported by all of them
