@@ -10,9 +10,8 @@ import time
 
 
 def _train_parser(parser):
-    from training.data import DEFAULT_MAX_BAD_IMAGES
     from training.distribute import STRATEGIES
-    from training.recipes import PRECISIONS, RECIPES
+    from training.recipes import DEFAULT_MAX_BAD_IMAGES, PRECISIONS, RECIPES
 
     # Defaults are None (filled in by _new_config) so that --resume can tell what was given.
     parser.add_argument("--recipe", choices=sorted(RECIPES),

@@ -33,8 +33,9 @@ class DataError(ValueError):
     """A dataset specification that cannot be served (unknown name, missing folder...)."""
 
 
-# How many distinct unreadable images a run skips before it stops (--max-bad-images).
-DEFAULT_MAX_BAD_IMAGES = 100
+# How many distinct unreadable images a run skips before it stops (--max-bad-images); defined
+# beside the other run defaults, which the CLI reads without loading TensorFlow.
+from training.recipes import DEFAULT_MAX_BAD_IMAGES  # noqa: E402,F401
 
 
 class BadImages:
