@@ -32,8 +32,8 @@ QUANTIZATIONS = ("float16", "dynamic_int8")
 
 # Per format: (largest |probability - Keras probability|, top-2 gap in Keras under which
 # top-1 may flip), what a correct file stays within on the verification images. Measured on
-# the digits demo model over its 360 test images and on ViT-B/16 (README, "Export to LiteRT
-# and ONNX"), with a margin of about 2x: float16 8.5e-3, int8 0.11 measured. Within the
+# the digits demo model over its 360 test images and on ViT-B/16 (docs/portable.md, "Size, speed
+# and agreement"), with a margin of about 2x: float16 8.5e-3, int8 0.11 measured. Within the
 # first number, top-1 agrees wherever the top two are more than twice it apart; the second
 # is stricter for the quantised files.
 TOLERANCES = {("litert", None): (1e-5, 2e-5), ("onnx", None): (1e-5, 2e-5),

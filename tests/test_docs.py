@@ -5,6 +5,7 @@ there is one performance page per committed benchmark run, naming its CPU."""
 import glob
 import json
 import os
+import re
 import traceback
 
 import pytest
@@ -105,3 +106,24 @@ def test_one_performance_page_per_run_naming_its_cpu():
         line = next(line for line in page.markdown.splitlines()
                     if f"| {row['model']} | {row['dtype']} | {row['setting']} |" in line)
         assert figure in line, (line, figure, batch)
+
+
+def _slug(heading):
+    """The anchor MkDocs (toc) and GitHub give a heading."""
+    text = re.sub(r"[^\w\s-]", "", heading.strip().lower())
+    return re.sub(r"[\s]+", "-", text)
+
+
+def test_readme_links_point_into_the_docs():
+    """README.md is outside the strict MkDocs build: its relative links and their anchors are
+    checked here."""
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    readme = re.sub(r"^```.*?^```", "", readme, flags=re.S | re.M)  # no links in code
+    links = re.findall(r"\]\(((?!https?:)[^)#\s]+)(#[^)\s]+)?\)", readme)
+    assert len(links) > 10
+    for path, anchor in links:
+        target = os.path.join(REPO, path)
+        assert os.path.exists(target), f"README links to missing {path}"
+        if anchor:
+            headings = re.findall(r"^#+\s+(.+)$", open(target, encoding="utf-8").read(), re.M)
+            assert anchor[1:] in {_slug(h) for h in headings}, f"README: {path}{anchor}"
