@@ -23,6 +23,7 @@ import numpy as np
 
 import keras_vit
 from keras_vit.inference import class_probabilities
+from export.progress import Progress
 from export.runtimes import runner
 from export.saved_model import ExportError, check_finite_weights
 
@@ -253,13 +254,16 @@ def export_file(model: keras.Model, path: str, fmt: str, quantization: Optional[
     os.close(fd)
     published = False
     try:
+        progress = Progress(2 if verify else 1, unit="stage")  # shown on a terminal
         try:
             _convert(wrapper, fmt, quantization, staged)
+            progress.advance()
         except Exception as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ExportError(f"{fmt} conversion of {model.name!r} failed, nothing was "
                               f"written: {type(error).__name__}: {first}") from error
         report = verify_file(staged, model, fmt, quantization, images) if verify else {}
+        progress.advance(1 if verify else 0)
         if report and not report["ok"]:
             raise ExportError(f"{format_verification(path, report)}; nothing was written")
         _publish(staged, path, overwrite)
