@@ -47,7 +47,8 @@ def _argument_rows(parser: argparse.ArgumentParser):
             continue
         if isinstance(action, argparse._SubParsersAction):
             continue
-        names = ", ".join(f"`{n}`" for n in action.option_strings) or f"`{action.metavar or action.dest}`"
+        names = (", ".join(f"`{n}`" for n in action.option_strings)
+                 or f"`{action.metavar or action.dest}`")
         if action.choices and not isinstance(action.choices, dict):
             value = " \\| ".join(f"`{c}`" for c in action.choices)
         elif action.nargs == 0:
