@@ -14,6 +14,10 @@ HUB = ["safetensors>=0.4"]
 # (1.17: numpy 2, with Keras's patch) for the ONNX converter Keras calls.
 LITERT = ["ai-edge-litert>=2.3"]
 ONNX = ["tf2onnx>=1.17", "onnx", "onnxruntime"]
+# The documentation site (mkdocs.yml): File.generated needs MkDocs 1.6; mkdocstrings 1 with
+# its Python handler 2 reads the docstrings without importing TensorFlow.
+DOCS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=1.0",
+        "mkdocstrings-python>=2.0"]
 
 setup(
     name="keras-vit",
@@ -41,6 +45,7 @@ setup(
         "hub": HUB,
         "litert": LITERT,
         "onnx": ONNX,
+        "docs": DOCS,
         # ruff: the lint of .ci/run (ruff.toml).
         "test": SERVING + HUB + LITERT + ONNX + ["pytest>=7", "scipy", "ruff>=0.4"],
         # benchmarks/compare.py: the peers it measures keras-vit against;

@@ -14,7 +14,7 @@ bfloat16, per setting:
   frozen=True, precision=dtype)``) fed float pixels and JPEG bytes (the difference is the
   in-graph decoding's cost);
 - "weight cache": the same process with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`` (oneDNN keeps
-  its reordered weights as it does for a frozen graph's constants; README, Serving);
+  its reordered weights as it does for a frozen graph's constants; docs/serving.md);
 - keras-hub's ``ViTBackbone`` with the same config and dtype (TF backend, no head);
 - timm's ViT on PyTorch CPU, eager under ``inference_mode``, bfloat16 by autocast.
 Training, ViT-S/16 batch 32 (images/s): the keras-vit trainer's step
@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "workers.py")
 MODELS = ("ViT_Ti16", "ViT_S16", "ViT_B16")
 ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
-# oneDNN's weight cache (keras_vit.runtime.FROZEN_WEIGHTS_VARIABLE): the README's serving setting.
+# oneDNN's weight cache (keras_vit.runtime.FROZEN_WEIGHTS_VARIABLE): the serving setting of docs/serving.md.
 WEIGHT_CACHE = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
 INFERENCE = [  # label, worker kind, export (for sessions), mode[, extra environment]
     ("keras_vit, Keras call", "keras_vit", None, "call"),

@@ -1,6 +1,6 @@
 """Prints how far keras_vit's logits are from timm's and transformers' own, on the hub
 fixtures (tests/fixtures/hub, written by benchmarks/make_hub_fixtures.py), with the source's
-numerics and with each one replaced by the original release's: the README's table.
+numerics and with each one replaced by the original release's: the table in docs/models.md.
 
     python benchmarks/hub_numerics.py
 

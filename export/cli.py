@@ -45,7 +45,7 @@ def add_export_arguments(parser):
                         help="weights as graph constants (LayerNorm and attention scale "
                              "folded): oneDNN's constant-weight kernels without setting "
                              "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 on the server, at 4-5x its "
-                             "memory (README, Deploy with TF Serving)")
+                             "memory (docs/serving.md, Frozen export)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="dtype the exported weights are stored and computed in")
     parser.add_argument("--max-pixels", type=positive_int, default=None,

@@ -6,7 +6,7 @@ grappler can fold constant subgraphs, neither of which happens for weights read 
 variables, unless the server runs with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``
 (:data:`keras_vit.runtime.FROZEN_WEIGHTS_VARIABLE`), which gives the variables export the same
 kernels at about a quarter of this graph's memory: TensorFlow copies a graph's constants
-several times while loading it (README, Deploy with TF Serving). The graph is made from
+several times while loading it (docs/serving.md). The graph is made from
 :func:`keras_vit.inference_model` (weights stored in the serving precision, LayerNorm and
 attention scale folded), so it holds one implementation of the model, not a second one.
 """

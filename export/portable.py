@@ -23,6 +23,7 @@ import numpy as np
 
 import keras_vit
 from keras_vit.inference import class_probabilities
+from export.progress import Progress
 from export.runtimes import runner
 from export.saved_model import ExportError, check_finite_weights
 
@@ -32,8 +33,8 @@ QUANTIZATIONS = ("float16", "dynamic_int8")
 
 # Per format: (largest |probability - Keras probability|, top-2 gap in Keras under which
 # top-1 may flip), what a correct file stays within on the verification images. Measured on
-# the digits demo model over its 360 test images and on ViT-B/16 (README, "Export to LiteRT
-# and ONNX"), with a margin of about 2x: float16 8.5e-3, int8 0.11 measured. Within the
+# the digits demo model over its 360 test images and on ViT-B/16 (docs/portable.md, "Size, speed
+# and agreement"), with a margin of about 2x: float16 8.5e-3, int8 0.11 measured. Within the
 # first number, top-1 agrees wherever the top two are more than twice it apart; the second
 # is stricter for the quantised files.
 TOLERANCES = {("litert", None): (1e-5, 2e-5), ("onnx", None): (1e-5, 2e-5),
@@ -253,13 +254,16 @@ def export_file(model: keras.Model, path: str, fmt: str, quantization: Optional[
     os.close(fd)
     published = False
     try:
+        progress = Progress(2 if verify else 1, unit="stage")  # shown on a terminal
         try:
             _convert(wrapper, fmt, quantization, staged)
+            progress.advance()
         except Exception as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ExportError(f"{fmt} conversion of {model.name!r} failed, nothing was "
                               f"written: {type(error).__name__}: {first}") from error
         report = verify_file(staged, model, fmt, quantization, images) if verify else {}
+        progress.advance(1 if verify else 0)
         if report and not report["ok"]:
             raise ExportError(f"{format_verification(path, report)}; nothing was written")
         _publish(staged, path, overwrite)

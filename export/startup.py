@@ -49,7 +49,7 @@ def add_verbose_flag(parser, subparsers=None) -> None:
 def set_runtime_defaults(environ=os.environ, verbose: bool = False) -> None:
     """The commands' TensorFlow settings, set before TensorFlow loads (it reads them once, at
     import); a value the user set wins. oneDNN's fused CPU kernels also where TensorFlow
-    leaves them off (AVX2-only x86; README, Performance), and C++ INFO lines hidden (unless
+    leaves them off (AVX2-only x86; docs/performance), and C++ INFO lines hidden (unless
     ``verbose``)."""
     environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     if not verbose:

@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from export.progress import Progress
 from export.saved_model import keras_probabilities, model_fingerprint, read_export_info
 from export.signatures import OPTIONAL_OUTPUTS, OUTPUTS, PREDICT_METHOD, SIGNATURES
 from export.warmup import fit_size, sample_image
@@ -162,15 +163,18 @@ def verify_export(version_dir: str, model=None, image_files=None, atol: Optional
     info = read_export_info(version_dir)
     if atol is None:
         atol = TOLERANCES.get(info.get("precision"), TOLERANCES["float32"])
+    progress = Progress(1 if model is None else 2, unit="stage")  # shown on a terminal
     with tempfile.TemporaryDirectory() as tmp:
         image_files = list(image_files or sample_image_files(tmp, info.get("max_pixels"))
                            [:info.get("max_batch")])
         report = _run_session_check(version_dir, image_files, tmp, timeout)
+        progress.advance()
         if isinstance(report, str):
             return {"ok": False, "failures": [report]}
         keras_probs = None
         if model is not None:
             keras_probs = keras_probabilities(model, [open(f, "rb").read() for f in image_files])
+            progress.advance()
     num_classes = model.output_shape[-1] if model is not None else None
     agreement, max_diff = _agreement_failures(report["predict"], keras_probs, atol)
     failures = (_source_failures(info, model) + _signature_failures(report["signatures"],

@@ -6,13 +6,13 @@ Nothing here changes a model or its forward path: the attention weights are reco
 from each block's own weights and its input tokens (:func:`block_attention`), so models
 keep their speed and their outputs bit for bit. Results are numpy arrays.
 
-Example:
->>> import numpy as np, keras_vit
->>> model = keras_vit.ViT(image_size=32, patch_size=8, hidden_size=64, mlp_size=128,
-...                       num_heads=4, num_layers=2, num_classes=10)
->>> images = np.zeros((1, 32, 32, 3), "float32")
->>> [a.shape for a in keras_vit.inspection.attention_weights(model, images)]
-[(1, 4, 17, 17), (1, 4, 17, 17)]
+Examples:
+    >>> import numpy as np, keras_vit
+    >>> model = keras_vit.ViT(image_size=32, patch_size=8, hidden_size=64, mlp_size=128,
+    ...                       num_heads=4, num_layers=2, num_classes=10)
+    >>> images = np.zeros((1, 32, 32, 3), "float32")
+    >>> [a.shape for a in keras_vit.inspection.attention_weights(model, images)]
+    [(1, 4, 17, 17), (1, 4, 17, 17)]
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 TensorFlow turns its oneDNN optimisations on by default only on CPUs with AVX512-VNNI,
 AVX512-BF16 or AMX. Without them (e.g. AVX2-only x86 such as many AMD EPYC parts) it runs
 Eigen kernels and does not fuse ``matmul + bias + GELU`` into one op; measured on a 2-core
-AVX2 machine, ViT-B/16 inference is up to 1.2-1.8x faster with oneDNN on (README,
+AVX2 machine, ViT-B/16 inference is up to 1.2-1.8x faster with oneDNN on (docs/performance,
 Performance).
 
 TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it is imported (checked: setting it

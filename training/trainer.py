@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_vit
+from export.progress import Progress
 from export.run_layout import CONFIG, LOCK, RunLayout, fits_labels_txt, labels_json
 from keras_vit.files import write_atomically, write_text_atomically
 from keras_vit.sources import parse_json
@@ -264,8 +265,11 @@ def evaluate(model, dataset, strategy=None) -> dict:
                          for s in sums])
 
     totals = tf.zeros([4])
+    progress = Progress(unit="batch")  # shown on a terminal
     for images, labels in dataset:
         totals += step(images, labels)  # summed on the device: one host sync at the end
+        progress.advance()
+    progress.close()
     loss, top1, top5, count = (float(t) for t in totals.numpy())
     count = max(count, 1.0)
     return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count,
