@@ -43,7 +43,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "workers.py")
 MODELS = ("ViT_Ti16", "ViT_S16", "ViT_B16")
 ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
-# oneDNN's weight cache (keras_vit.runtime.FROZEN_WEIGHTS_VARIABLE): the serving setting of docs/serving.md.
+# oneDNN's weight cache (keras_vit.runtime.FROZEN_WEIGHTS_VARIABLE): the serving setting
+# of docs/serving.md.
 WEIGHT_CACHE = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
 INFERENCE = [  # label, worker kind, export (for sessions), mode[, extra environment]
     ("keras_vit, Keras call", "keras_vit", None, "call"),
