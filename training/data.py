@@ -21,6 +21,9 @@ from keras_vit import preprocess_image
 from keras_vit.preprocessing import _MAGIC, _pixel_check, decode_image
 from training.recipes import DEFAULT_MAX_BAD_IMAGES
 
+# How a dataset written by keras-vit prepare describes itself (its dataset_info.json).
+PREPARED_DESCRIPTION_PREFIX = "Written by keras-vit prepare from "
+
 # Training images are the user's own files, not a stranger's request: the serving limit (25
 # million pixels, keras_vit.preprocessing.DEFAULT_MAX_PIXELS) would stop a run on a folder of
 # 48-megapixel phone photos. This bound still refuses a decompression bomb (a small file
@@ -196,8 +199,7 @@ def load_tfds(name: str, data_dir: Optional[str] = None, train_split: Optional[s
     if test_split is None:
         test_split = _default_test_split(name, train_split, splits) if len(splits) else "test"
     # keras-vit prepare held the test split out already: its train split is all training.
-    from training.prepare import DESCRIPTION_PREFIX
-    prepared = builder.info.description.startswith(DESCRIPTION_PREFIX)
+    prepared = builder.info.description.startswith(PREPARED_DESCRIPTION_PREFIX)
     train_split = train_split or ("train" if prepared else "train[:98%]")
     if len(splits):
         _check_disjoint(name, train_split, test_split, splits)

@@ -22,7 +22,6 @@ DATASET_NAME = "prepared"  # the {DATASET} of TFDS's file names: prepared-train.
 DEFAULT_SHARD_MB = 128  # TFDS aims at 100-200 MB shards: few files, yet many per worker
 # The description starts with this: load_tfds then trains on the whole train split (the
 # test split was held out when preparing; see training.data.load_tfds).
-DESCRIPTION_PREFIX = "Written by keras-vit prepare from "
 # A fixed seed: the order of the examples (shuffled once, here) is part of the files.
 ORDER_SEED = 0
 
@@ -223,7 +222,8 @@ def prepare_dataset(spec: str, output: str, *, data_dir: Optional[str] = None,
     """
     import tensorflow_datasets as tfds
 
-    from training.data import DEFAULT_MAX_BAD_IMAGES, BadImages, load_source
+    from training.data import (DEFAULT_MAX_BAD_IMAGES, PREPARED_DESCRIPTION_PREFIX, BadImages,
+                               load_source)
 
     check_output(output)
     source = load_source(spec, data_dir)
@@ -242,7 +242,7 @@ def prepare_dataset(spec: str, output: str, *, data_dir: Optional[str] = None,
             splits.append(info)
         tfds.folder_dataset.write_metadata(
             data_dir=work, features=features, split_infos=splits, check_data=False,
-            description=DESCRIPTION_PREFIX + source.name)
+            description=PREPARED_DESCRIPTION_PREFIX + source.name)
         check_output(output)  # still free: nothing of someone else's is replaced
         if os.path.isdir(output):
             os.rmdir(output)
