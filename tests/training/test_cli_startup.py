@@ -153,3 +153,18 @@ def test_verbose_or_the_users_log_level_shows_the_start_up_lines(tiny_model, tmp
     assert user.returncode == 0, user.stderr[-3000:]
     assert any("oneDNN custom operations are on" in line
                for line in _tf_log_lines(user.stderr)), user.stderr
+
+
+def test_console_script_ignores_a_training_or_export_folder_in_the_current_directory(tmp_path):
+    """docs/architecture.md, Installed names: the installed ``keras-vit`` script starts from
+    its own ``bin/`` directory, so a user's ``training/`` or ``export/`` package in the current
+    directory does not shadow ours (``python -m training`` run there would pick it up)."""
+    for name in ("training", "export"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text('raise SystemExit("shadowed")\n')
+    script = os.path.join(os.path.dirname(sys.executable), "keras-vit")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([script, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: keras-vit")
