@@ -196,28 +196,31 @@ def _timm_preset(directory: str, chosen: dict, num_heads, kwargs) -> keras.Model
                                                                          config["global_pool"]))
     model = from_timm(weights, classifier=kwargs.pop("classifier", pool), num_heads=num_heads,
                       **values, **kwargs)
-    _name_classes(model, pretrained, source)
+    _name_classes(model, pretrained, weights, source)
     return model
 
 
-def _name_classes(model: keras.Model, pretrained: dict, source: str) -> None:
+def _name_classes(model: keras.Model, pretrained: dict, weights: str, source: str) -> None:
     """``model.class_names`` from a timm config's ``label_names`` (a list, or a dict
-    ``{index: name}``); the config's ``num_classes`` must be the head's."""
-    outputs = model.output_shape[-1]
-    has_head = "head" in [layer.name for layer in model.layers]
+    ``{index: name}``) when the model kept the checkpoint's head; the config's
+    ``num_classes`` and labels must be those of the weights' head."""
+    from keras_vit.checkpoints import read_safetensors_index
+    head = read_safetensors_index(weights).get("head.weight")
+    classes = int(head.shape[0]) if head is not None else 0
     count = pretrained.get("num_classes")
-    if has_head and count is not None and count != outputs:
+    if count is not None and count != classes:
         raise CheckpointError(f"{source}: num_classes {count!r} does not match the weights' "
-                              f"head of {outputs} classes (pass num_classes= for a new head)")
+                              f"head of {classes} classes (weights: {weights})")
     names = pretrained.get("label_names")
-    if not has_head or not names:
+    if not names or not classes:
         return
     if isinstance(names, dict):
-        names = [names.get(str(i), names.get(i)) for i in range(outputs)]
-    if not isinstance(names, list) or len(names) != outputs or None in names:
-        raise CheckpointError(f"{source}: label_names does not name the {outputs} classes of "
-                              "the head")
-    model.class_names = [str(name) for name in names]
+        names = [names.get(str(i), names.get(i)) for i in range(classes)]
+    if not isinstance(names, list) or len(names) != classes or None in names:
+        raise CheckpointError(f"{source}: label_names does not name the {classes} classes of "
+                              "the head; fix or remove it")
+    if "head" in [layer.name for layer in model.layers] and model.output_shape[-1] == classes:
+        model.class_names = [str(name) for name in names]
 
 
 # ---- transformers: config.json {"model_type", "id2label", ...} + preprocessor_config.json ----
@@ -260,4 +263,7 @@ def _transformers_preset(directory: str, chosen: dict, kwargs) -> keras.Model:
     for key in ("mean", "std"):  # one value for every channel
         if isinstance(values[key], list) and len(values[key]) == 1:
             values[key] = values[key][0]
-    return from_transformers(directory, image_size=image_size, **values, **kwargs)
+    model = from_transformers(directory, image_size=image_size, **values, **kwargs)
+    if len(model.class_names) != model.output_shape[-1]:  # a new head (num_classes=)
+        model.class_names = []
+    return model

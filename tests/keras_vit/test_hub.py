@@ -130,7 +130,7 @@ def test_timm_directory_without_mean_std_says_what_to_pass(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(num_classes=1000), r"num_classes 1000 does not match the weights' head of 5"),
+    (dict(num_classes=1000), r"num_classes 1000 does not match the weights' head of 5 "),
     (dict(interpolation="hamming"), r"interpolation 'hamming' .*pass interpolation="),
 ])
 def test_timm_config_that_contradicts_the_weights_is_one_line(tmp_path, change, message):
@@ -146,6 +146,13 @@ def test_timm_label_names_that_miss_classes_are_refused(tmp_path):
     open(os.path.join(directory, "config.json"), "w").write(json.dumps(config))
     with pytest.raises(CheckpointError, match="label_names does not name the 5 classes"):
         keras_vit.from_preset(directory)
+
+
+def test_a_new_head_gets_no_label_names(tmp_path):
+    timm = keras_vit.from_preset(_timm_dir(tmp_path), num_classes=3)
+    transformers = keras_vit.from_preset(_transformers_dir(tmp_path), num_classes=3)
+    for model in (timm, transformers):
+        assert model.output_shape[-1] == 3 and not getattr(model, "class_names", None)
 
 
 def test_timm_directory_as_weights_loads_with_timm_numerics(tmp_path):
