@@ -188,7 +188,8 @@ def _timm_preset(directory: str, chosen: dict, num_heads, kwargs) -> keras.Model
                               "...)")
     pretrained = config["pretrained_cfg"]
     values = _choose(timm_preprocessing(pretrained, source), chosen)
-    _require_statistics(values, f"{source} (pretrained_cfg)")
+    if kwargs.get("include_preprocessing", True):
+        _require_statistics(values, f"{source} (pretrained_cfg)")
     weights = transformers_weights_file(directory)
     if num_heads is None:
         num_heads = timm_heads(weights, config["model_args"], source)
@@ -258,7 +259,8 @@ def transformers_preprocessing(directory: str) -> dict:
 def _transformers_preset(directory: str, chosen: dict, kwargs) -> keras.Model:
     from keras_vit.checkpoint_architecture import from_transformers
     values = _choose(transformers_preprocessing(directory), chosen)
-    _require_statistics(values, os.path.join(directory, "preprocessor_config.json"))
+    if kwargs.get("include_preprocessing", True):
+        _require_statistics(values, os.path.join(directory, "preprocessor_config.json"))
     image_size = values.pop("image_size", None)
     for key in ("mean", "std"):  # one value for every channel
         if isinstance(values[key], list) and len(values[key]) == 1:

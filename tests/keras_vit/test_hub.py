@@ -229,6 +229,13 @@ def test_hub_handle_loads_from_the_offline_cache(hub_cache):
         assert _rel_err(logits, REFERENCE["transformers_vit"]) < 1e-5
 
 
+def test_hub_handle_as_weights_gets_the_sources_numerics(hub_cache):
+    model = keras_vit.ViT(image_size=32, patch_size=8, hidden_size=32, mlp_size=64, num_heads=2,
+                          num_layers=2, num_classes=5, weights="hf://org/tiny-vit")
+    assert model.get_layer("encoderblock_0").get_config()["gelu"] == "erf"
+    assert _rel_err(model(IMAGES).numpy(), REFERENCE["transformers_vit"]) < 1e-5
+
+
 def test_hub_handle_missing_from_the_offline_cache_is_one_line(hub_cache):
     with pytest.raises(CheckpointError, match=r"hf://org/other: cannot get it from the "
                                               r"Hugging Face hub") as error:
