@@ -8,8 +8,9 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
                     open("keras_vit/version.py", encoding="utf-8").read()).group(1)
 
 SERVING = ["tensorflow-serving-api>=2.16", "grpcio"]
-# timm and transformers checkpoints from the Hugging Face hub (read with numpy, no torch).
-HUB = ["safetensors>=0.4"]
+# timm and transformers checkpoints from the Hugging Face hub (read with numpy, no torch;
+# huggingface_hub downloads hf:// handles: keras_vit.from_preset).
+HUB = ["safetensors>=0.4", "huggingface_hub>=0.23"]
 # keras-vit export --format litert / onnx: the runtimes that check each file, and tf2onnx
 # (1.17: numpy 2, with Keras's patch) for the ONNX converter Keras calls.
 LITERT = ["ai-edge-litert>=2.3"]

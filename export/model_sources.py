@@ -1,15 +1,20 @@
 """Any model the user names, for ``keras-vit predict`` (and ``explain`` / ``inspect`` /
 ``export``): a training run directory, a ``.keras`` file, an original ``.npz`` checkpoint, a
-timm ``.safetensors`` file, a transformers model directory, a SavedModel export version
-directory, or a TF Serving URL. Images go through the project's one
+timm ``.safetensors`` file, a transformers or timm hub model directory, a Hugging Face hub
+handle (``hf://ORG/NAME[@REVISION]``, :func:`keras_vit.from_preset`), a SavedModel export
+version directory, or a TF Serving URL. What a path is comes from
+:func:`keras_vit.weights_kind.weights_kind`; the kinds only ``export`` knows (servers,
+exported versions, run directories) are checked here first. Images go through the project's one
 preprocessing function (:func:`keras_vit.preprocess_image`) or the export's own graph,
 which uses the same function.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import stat
+import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -21,35 +26,57 @@ SERVER_SCHEMES = ("http://", "https://", "grpc://")
 # limit, is 100 MB as an uncompressed 32-bit BMP).
 MAX_IMAGE_FILE_BYTES = 128 * 2 ** 20
 KINDS = ("a run directory, a .keras file, an original .npz checkpoint, a timm .safetensors "
-         "file, a transformers model directory (config.json), an exported version directory "
-         "(saved_model.pb) or a server URL (http://, grpc://)")
+         "file, a transformers or timm hub model directory (config.json), a hub handle "
+         "(hf://ORG/NAME), an exported version directory (saved_model.pb) or a server URL "
+         "(http://, grpc://)")
+# keras_vit.weights_kind's kinds -> model_kind's names (the others are not models).
+_LIBRARY_KINDS = {"keras": "keras", "npz": "npz", "timm": "timm", "hub": "hub",
+                  "timm_dir": "hub", "transformers": "transformers"}
+
+
+def weights_kinds():
+    """:mod:`keras_vit.weights_kind`, without importing the ``keras_vit`` package (its
+    ``__init__`` imports TensorFlow; the module itself only the standard library), so that
+    argument checks stay quick. Registered under its own name: a later ``import keras_vit``
+    uses this very module."""
+    name = "keras_vit.weights_kind"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("keras_vit")
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(list(package.submodule_search_locations)[0], "weights_kind.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def model_kind(spec: str) -> str:
-    """``"server"``, ``"saved_model"``, ``"run"``, ``"keras"``, ``"npz"``, ``"timm"`` or
-    ``"transformers"``; a ValueError naming ``spec`` for anything else."""
+    """``"server"``, ``"saved_model"``, ``"run"``, ``"keras"``, ``"npz"``, ``"timm"``,
+    ``"transformers"`` or ``"hub"`` (a ``hf://`` handle or a timm hub directory); a
+    ValueError naming ``spec`` for anything else."""
+    kinds = weights_kinds()
     if spec.startswith(SERVER_SCHEMES):
         return "server"
+    if spec.startswith(kinds.HUB_SCHEME):
+        kinds.split_handle(spec)  # a malformed handle is refused before anything is imported
+        return "hub"
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, "saved_model.pb")):
             return "saved_model"
         if os.path.exists(RunLayout(spec).model):
             return "run"
         if os.path.exists(os.path.join(spec, "config.json")):
-            return "transformers"
+            return _LIBRARY_KINDS[kinds.weights_kind(spec)]
         raise ValueError(f"{spec} is a directory with neither model.keras (a run directory), "
                          "saved_model.pb (an exported version) nor config.json (a "
-                         "transformers model)")
+                         "transformers or timm hub model)")
     if not os.path.exists(spec):
         raise ValueError(f"model not found: {spec} (expected {KINDS})")
     _check_regular(spec, "model")
-    if spec.endswith(".keras"):
-        return "keras"
-    if spec.endswith(".npz"):
-        return "npz"
-    if spec.endswith(".safetensors"):
-        return "timm"
-    raise ValueError(f"cannot tell what model {spec} is: expected {KINDS}")
+    kind = _LIBRARY_KINDS.get(kinds.weights_kind(spec))
+    if kind is None:
+        raise ValueError(f"cannot tell what model {spec} is: expected {KINDS}")
+    return kind
 
 
 def load_keras_model(spec: str, architecture: Optional[str] = None):
@@ -73,8 +100,12 @@ def load_keras_model(spec: str, architecture: Optional[str] = None):
         return model_from_checkpoint(spec, architecture), None
     if kind == "timm":
         return keras_vit.from_timm(spec), None
-    if kind == "transformers":
-        model = keras_vit.from_transformers(spec)
+    if kind in ("transformers", "hub"):
+        # from_preset: the checkpoint's own preprocessing (a transformers directory's
+        # preprocessor_config.json when it has one) and label names
+        model = (keras_vit.from_transformers(spec) if kind == "transformers" and not
+                 os.path.exists(os.path.join(spec, "preprocessor_config.json"))
+                 else keras_vit.from_preset(spec))
         return model, getattr(model, "class_names", None)
     if kind not in ("run", "keras"):
         raise ValueError(f"{spec} is not a Keras model ({kind}); expected a run directory, a "
@@ -136,14 +167,16 @@ def read_image_files(paths: Sequence[str], max_bytes: int = MAX_IMAGE_FILE_BYTES
     return [read_image_file(path, max_bytes) for path in paths]
 
 
-def preprocess_file(path: str, data: bytes, image_size):
+def preprocess_file(path: str, data: bytes, image_size, interpolation: str = "bilinear"):
     """An image file's bytes -> (h, w, 3) float32 pixels at ``image_size`` through
-    :func:`keras_vit.preprocess_image`; an undecodable file is a ValueError naming it."""
+    :func:`keras_vit.preprocess_image` (resized with ``interpolation``); an undecodable file
+    is a ValueError naming it."""
     import tensorflow as tf
 
     import keras_vit
     try:
-        return keras_vit.preprocess_image(tf.constant(data), image_size).numpy()
+        return keras_vit.preprocess_image(tf.constant(data), image_size,
+                                          interpolation=interpolation).numpy()
     except tf.errors.InvalidArgumentError as error:
         detail = keras_vit.preprocessing.error_detail(error)
         raise ValueError(f"invalid input: {path} is not a decodable image (JPEG, PNG, BMP, "
@@ -151,9 +184,11 @@ def preprocess_file(path: str, data: bytes, image_size):
 
 
 def load_pixels(model, path: str, data: bytes):
-    """:func:`preprocess_file` at the model's resolution."""
+    """:func:`preprocess_file` at the model's resolution, with its interpolation."""
     import keras_vit
-    return preprocess_file(path, data, keras_vit.model_image_size(model))
+    from keras_vit.preprocessing import model_interpolation
+    return preprocess_file(path, data, keras_vit.model_image_size(model),
+                           model_interpolation(model))
 
 
 def check_decodable(paths: Sequence[str], images: Sequence[bytes]) -> None:

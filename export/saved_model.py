@@ -16,7 +16,7 @@ from export.models_config import register_model
 from export.signatures import DEFAULT_MAX_BATCH, SIGNATURES, make_serving_functions
 from export.versions import (VersionExists, check_name, check_version, claim_version,
                              existing_versions, publish)
-from keras_vit.preprocessing import DEFAULT_MAX_PIXELS
+from keras_vit.preprocessing import DEFAULT_MAX_PIXELS, model_interpolation
 
 logger = logging.getLogger("keras_vit.export")
 
@@ -135,7 +135,7 @@ def _build_archive(model, labels, top_k, frozen, precision, max_pixels, max_batc
         def logits_fn(images):
             return served(images, training=False)
     functions = make_serving_functions(logits_fn, model.output_shape[-1], size, labels, top_k,
-                                       max_pixels, max_batch)
+                                       max_pixels, max_batch, model_interpolation(model))
     for sig in SIGNATURES:
         archive.add_endpoint(sig.name, functions[sig.name], input_signature=[sig.spec()])
     return archive
@@ -259,6 +259,7 @@ def keras_probabilities(model, image_bytes: Sequence[bytes]) -> np.ndarray:
     """The in-memory model's probabilities for encoded images, through the same
     preprocessing as the export (for comparisons)."""
     import tensorflow as tf
-    size = keras_vit.model_image_size(model)
-    images = tf.stack([keras_vit.preprocess_image(tf.constant(b), size) for b in image_bytes])
+    size, method = keras_vit.model_image_size(model), model_interpolation(model)
+    images = tf.stack([keras_vit.preprocess_image(tf.constant(b), size, interpolation=method)
+                       for b in image_bytes])
     return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)).numpy()

@@ -61,7 +61,8 @@ def find_signature(name: str) -> Signature:
 def make_serving_functions(logits_fn, num_classes: int, image_size,
                            labels: Optional[Sequence[str]], top_k: int,
                            max_pixels: int = DEFAULT_MAX_PIXELS,
-                           max_batch: int = DEFAULT_MAX_BATCH) -> dict:
+                           max_batch: int = DEFAULT_MAX_BATCH,
+                           interpolation: str = "bilinear") -> dict:
     """``{signature name: function}`` for ExportArchive, one per :data:`SIGNATURES` entry.
 
     ``logits_fn`` maps a float32 batch (batch, height, width, 3) of [0, 255] pixels to
@@ -70,7 +71,8 @@ def make_serving_functions(logits_fn, num_classes: int, image_size,
     The images of a request are decoded one at a time, so its decoding memory is that of
     its largest image; a bad image fails the whole request with a message naming its index.
     A request of more than ``max_batch`` images is refused (InvalidArgument) before anything
-    is decoded, so its memory is bounded whatever its size.
+    is decoded, so its memory is bounded whatever its size. Images are resized with
+    ``interpolation`` (the model's: :func:`keras_vit.preprocessing.model_interpolation`).
     """
     height, width = image_size
     k = min(top_k, num_classes)
@@ -94,7 +96,7 @@ def make_serving_functions(logits_fn, num_classes: int, image_size,
         indices = tf.range(tf.shape(batch)[0])
         return tf.map_fn(
             lambda item: preprocess_image(item[1], (height, width), max_pixels=max_pixels,
-                                          index=item[0]),
+                                          index=item[0], interpolation=interpolation),
             (indices, batch), fn_output_signature=pixels,
             parallel_iterations=parallel_iterations)
 

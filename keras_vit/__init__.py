@@ -9,11 +9,12 @@ if _keras.backend.backend() != "tensorflow":
     raise ImportError("keras_vit needs Keras's TensorFlow backend; set KERAS_BACKEND=tensorflow "
                       f"(current backend: {_keras.backend.backend()!r})")
 
-from keras_vit import inspection, layers, metrics, pretrained  # noqa: E402
+from keras_vit import inspection, layers, metrics, pretrained, weights_kind  # noqa: E402
 from keras_vit.checkpoint_architecture import from_timm, from_transformers  # noqa: E402
 from keras_vit.checkpoints import (CheckpointError, CheckpointMismatchError,  # noqa: E402
                                    load_pretrained, load_timm, load_transformers)
 from keras_vit.convert import convert_checkpoint  # noqa: E402
+from keras_vit.hub import from_preset  # noqa: E402
 from keras_vit.inference import inference_model  # noqa: E402
 from keras_vit.inspection import attention_weights, endpoints_model  # noqa: E402
 from keras_vit.metrics import top_k_hits  # noqa: E402
@@ -32,10 +33,10 @@ __all__ = [
     "CheckpointError", "CheckpointMismatchError", "NO_WEIGHT_DECAY", "R26_ViT_S32",
     "R50_ViT_B16", "R50_ViT_L32", "VARIANTS", "ViT", "ViTConfig", "ViT_B16", "ViT_B32",
     "ViT_H14", "ViT_L16", "ViT_L32", "ViT_S16", "ViT_S32", "ViT_Ti16", "__version__",
-    "attention_weights", "convert_checkpoint", "endpoints_model", "from_timm",
+    "attention_weights", "convert_checkpoint", "endpoints_model", "from_preset", "from_timm",
     "from_transformers", "inference_model", "inspection", "layers", "load_pretrained",
     "load_timm", "load_transformers", "metrics",
     "model_at_resolution", "model_image_size", "no_weight_decay_variables", "onednn_enabled",
     "preprocess_image", "pretrained", "rebuild", "resize_position_embeddings", "top_k_hits",
-    "with_new_head",
+    "weights_kind", "with_new_head",
 ]

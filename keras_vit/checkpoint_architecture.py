@@ -353,9 +353,9 @@ def from_timm(path: str, classifier: Optional[str] = None, num_heads: Optional[i
         **kwargs: other :func:`keras_vit.ViT` arguments (they override the checkpoint's).
 
     Returns:
-        The loaded ``keras.Model``. Like timm's ViTs with mean = std = 0.5 (the AugReg and
-        original weights), it takes [0, 255] pixels; for checkpoints trained with ImageNet
-        mean / std, pass ``include_preprocessing=False`` and normalise the input yourself.
+        The loaded ``keras.Model``, taking [0, 255] pixels normalised with mean = std = 0.5
+        (timm's AugReg and original weights) unless ``mean=`` / ``std=`` say otherwise;
+        :func:`keras_vit.from_preset` reads them from the checkpoint's ``config.json``.
     """
     from keras_vit import models
 

@@ -12,6 +12,7 @@ from keras_vit.layers import (ImageValidation, PatchEncoder, Patches, ResNetUnit
 from keras_vit.layers.pooling import CLASSIFIERS
 from keras_vit.layers.resnet import group_norm
 from keras_vit.position_embeddings import to_pair
+from keras_vit.preprocessing import normalization_layer
 from keras_vit.sources import source_numerics
 from keras_vit.variants import VARIANTS, ViTConfig, check_fits, total_stride
 
@@ -69,8 +70,8 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         resnet_stages: Optional[Sequence[int]] = None, resnet_width: int = 1,
         num_classes: int = 1000, include_top: bool = True, weights=None,
         classifier: str = "token", representation_size: Optional[int] = None,
-        include_preprocessing: bool = True, dropout_rate: float = 0.0,
-        attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
+        include_preprocessing: bool = True, mean=None, std=None, interpolation=None,
+        dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
         channels: int = 3, dtype=None, name: str = "vit", gelu: Optional[str] = None,
         layer_norm_epsilon: Optional[float] = None, group_norm_epsilon: Optional[float] = None,
         std_conv_epsilon: Optional[float] = None,
@@ -78,11 +79,11 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
     """Builds a Vision Transformer (or, with ``resnet_stages``, a ResNet+ViT hybrid).
 
     The model takes images (batch, H, W, channels): raw pixels in [0, 255] when
-    ``include_preprocessing`` (it rescales them to [-1, 1] itself, as the original input
-    pipeline did), else values in [-1, 1]. Built for ``image_size``, it accepts any multiple
-    of the patch size (times the ResNet stride for hybrids), interpolating its position
-    embeddings in the graph. It returns float32 logits (batch, num_classes), or without
-    ``include_top`` the pooled features (after the final LayerNorm and pre-logits if any).
+    ``include_preprocessing`` (it normalises them itself: to [-1, 1] as the original input
+    pipeline did, or with ``mean`` / ``std``), else normalised values. Built for ``image_size``
+    it takes any multiple of the patch size (times the ResNet stride for hybrids), resizing its
+    position embeddings in the graph. It returns float32 logits (batch, num_classes), or
+    without ``include_top`` the pooled features (after the final LayerNorm and pre-logits).
 
     Args:
         image_size: int or (height, width) the position embeddings are learned for.
@@ -90,12 +91,13 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
             the architecture: the fields of :class:`keras_vit.ViTConfig`, as in each row of
             :data:`keras_vit.VARIANTS` (``num_heads`` must divide ``hidden_size``).
         num_classes, include_top: outputs of the head; ``include_top=False``: no head.
-        weights: None, an original ``.npz`` (:func:`keras_vit.load_pretrained`), a timm
-            ``.safetensors`` file (:func:`keras_vit.load_timm`), a transformers model directory
-            (:func:`keras_vit.load_transformers`), a ``.keras`` / ``.weights.h5`` file, or (via
-            the named builders such as :func:`ViT_B16`) a published checkpoint name.
+        weights: None, an original ``.npz``, a timm ``.safetensors`` file, a transformers or
+            timm hub model directory, a ``.keras`` / ``.weights.h5`` file (all:
+            :func:`keras_vit.weights.load_weights`), or (named builders) a published name.
         classifier: ``"token"`` (class token) or ``"gap"`` (mean of the tokens, no class token).
         representation_size: width of a pre-logits ``Dense + tanh`` layer; None: none.
+        mean, std, interpolation: the weights' input statistics (per channel, [0, 1] scale;
+            None: 0.5, the original's) and resize method (:mod:`keras_vit.preprocessing`).
         dropout_rate, attention_dropout_rate, drop_path_rate: dropout after the position
             embeddings and dense layers; on the attention probabilities; stochastic depth of
             the last block (growing linearly from 0 at the first).
@@ -114,13 +116,12 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
     config = _architecture(classifier, patch_size, hidden_size, mlp_size, num_heads,
                            num_layers, resnet_stages, resnet_width)
     rates = _dropout_rates(dropout_rate, attention_dropout_rate, drop_path_rate)
-    numerics = _numerics(weights, gelu=gelu, layer_norm_epsilon=layer_norm_epsilon,
-                         group_norm_epsilon=group_norm_epsilon,
-                         std_conv_epsilon=std_conv_epsilon,
-                         std_conv_epsilon_in_sqrt=std_conv_epsilon_in_sqrt)
+    numerics = _numerics(weights, gelu, layer_norm_epsilon, group_norm_epsilon,
+                         std_conv_epsilon, std_conv_epsilon_in_sqrt)
     grid = _token_grid(config, image_size, classifier, dtype)
     inputs = keras.Input(shape=(None, None, channels), name="images")
-    x = _stem(inputs, config, channels, include_preprocessing, numerics, dtype)
+    preprocessing = (mean, std, interpolation) if include_preprocessing else None
+    x = _stem(inputs, config, channels, preprocessing, numerics, dtype)
     x = _encoder(x, config, grid, classifier, rates, numerics, dtype)
     x = _top(x, classifier, representation_size, include_top, num_classes, dtype)
     return _with_weights(ViTModel(inputs, x, name=name), weights)
@@ -157,10 +158,13 @@ def _dropout_rates(dropout_rate, attention_dropout_rate, drop_path_rate) -> dict
     return rates
 
 
-def _numerics(weights, **chosen) -> dict:
-    """The numerics of the source of ``weights``, with the ones passed (not None) instead."""
+def _numerics(weights, *chosen) -> dict:
+    """The numerics of the source of ``weights``, with the ones passed (not None) instead
+    (in the order of :func:`ViT`'s arguments)."""
     numerics = source_numerics(weights)
-    for key, value in chosen.items():
+    keys = ("gelu", "layer_norm_epsilon", "group_norm_epsilon", "std_conv_epsilon",
+            "std_conv_epsilon_in_sqrt")
+    for key, value in zip(keys, chosen):
         if value is not None:
             numerics[key] = value
     return numerics
@@ -182,13 +186,13 @@ def _token_grid(config: ViTConfig, image_size, classifier, dtype):
     return grid
 
 
-def _stem(inputs, config: ViTConfig, channels, include_preprocessing, numerics, dtype):
-    """Input checks, the rescaling to [-1, 1] and (hybrids) the ResNet backbone."""
+def _stem(inputs, config: ViTConfig, channels, preprocessing, numerics, dtype):
+    """Input checks, the normalisation of the pixels (``preprocessing``: (mean, std,
+    interpolation), None for none) and (hybrids) the ResNet backbone."""
     x = ImageValidation(total_stride(config), channels, name="image_validation",
                         dtype=dtype)(inputs)
-    if include_preprocessing:
-        # Original input pipeline: x / 127.5 - 1, no mean/std normalisation.
-        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling", dtype=dtype)(x)
+    if preprocessing is not None:
+        x = normalization_layer(*preprocessing, channels, dtype)(x)
     if config.resnet_stages:
         x = _resnet_v2_backbone(x, config.resnet_stages, config.resnet_width, dtype, numerics)
     return x

@@ -3,8 +3,11 @@
 Training, evaluation, prediction and the TF Serving export all call
 :func:`preprocess_image`, so what the server does to an image is what training did. It
 decodes (when given bytes) to 3 channels and resizes to the model's resolution with
-``tf.image.resize`` (bilinear, no antialias, as the original input pipeline). It does not
-rescale: keras_vit models rescale [0, 255] -> [-1, 1] in their first layer.
+``tf.image.resize`` (bilinear, no antialias, as the original input pipeline; a model built
+from a checkpoint that says otherwise resizes with its ``interpolation``:
+:func:`model_preprocessing`). It does not rescale: keras_vit models normalise [0, 255]
+pixels in their first layer, ``x / 127.5 - 1`` (mean = std = 0.5, the original's) or, for a
+checkpoint trained with other statistics, ``(x / 255 - mean) / std`` (:class:`PixelNormalization`).
 
 Encoded bytes are untrusted input (a serving endpoint decodes whatever it is sent), so
 :func:`decode_image` reads the image's size from its header first and refuses, before any
@@ -13,8 +16,11 @@ stock TensorFlow ops are used, so the checks run inside an exported serving grap
 """
 from __future__ import annotations
 
+import math
 import re
+from typing import Optional, Sequence
 
+import keras
 import tensorflow as tf
 
 from keras_vit.position_embeddings import to_pair
@@ -246,14 +252,17 @@ def _check_finite(image, index):
 
 
 def preprocess_image(image: tf.Tensor, image_size, channels: int = 3,
-                     max_pixels: int = DEFAULT_MAX_PIXELS, index=None) -> tf.Tensor:
+                     max_pixels: int = DEFAULT_MAX_PIXELS, index=None,
+                     interpolation: str = "bilinear") -> tf.Tensor:
     """Encoded bytes or a (H, W, C) image -> float32 (h, w, channels) pixels in [0, 255].
 
     ``image_size`` is the model's resolution (int or (height, width)). Bytes go through
     :func:`decode_image` (``max_pixels``, formats, DCT down-scaling of large JPEGs to no less
     than ``image_size``); float pixels must be finite. ``index`` (the image's place in its
-    batch) is named in error messages.
+    batch) is named in error messages. ``interpolation`` is the resize method
+    (:data:`INTERPOLATIONS`; a model's own: :func:`model_preprocessing`).
     """
+    check_interpolation(interpolation)
     height, width = to_pair(image_size, "image_size")
     if image.dtype == tf.string:
         image = decode_image(image, channels, max_pixels, min_size=(height, width), index=index)
@@ -262,7 +271,7 @@ def preprocess_image(image: tf.Tensor, image_size, channels: int = 3,
     if image.shape.rank == 3 and image.shape[-1] == 1 and channels == 3:
         image = tf.image.grayscale_to_rgb(image)
     # Resized from its own dtype: a uint8 image is never copied whole into float32.
-    image = tf.image.resize(image, (height, width), method="bilinear", antialias=False)
+    image = tf.image.resize(image, (height, width), method=interpolation, antialias=False)
     image = tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0)
     return tf.ensure_shape(image, (height, width, channels))
 
@@ -286,3 +295,114 @@ def error_detail(error: tf.errors.InvalidArgumentError) -> str:
                                                               "Graph"))]
     detail = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", lines[0] if lines else message).strip()
     return detail.split(". One of ")[0].rstrip(".") or message
+
+
+# ---- The model's first layer: [0, 255] pixels -> the inputs its weights were trained on. ----
+
+# tf.image.resize's methods (antialias off, as the original input pipeline).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area", "lanczos3", "lanczos5",
+                  "gaussian", "mitchellcubic")
+DEFAULT_MEAN = DEFAULT_STD = 0.5  # the original's: x / 127.5 - 1
+DEFAULT_INTERPOLATION = "bilinear"
+
+
+def check_interpolation(interpolation) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not one of "
+                         f"{', '.join(INTERPOLATIONS)}")
+
+
+def channel_values(values, channels: int, what: str) -> tuple:
+    """``values`` (a number, or one per channel) as a tuple of ``channels`` finite floats;
+    a ValueError naming ``what`` otherwise (``std`` must also be positive)."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = (values,) * channels
+    try:
+        values = tuple(float(v) for v in values if not isinstance(v, bool))
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != channels or not all(map(math.isfinite, values)) or \
+            (what == "std" and min(values) <= 0):
+        raise ValueError(f"{what} must be a number or {channels} finite numbers "
+                         f"(one per channel{', positive' if what == 'std' else ''}) on the "
+                         f"[0, 1] scale of the pixels, e.g. (0.485, 0.456, 0.406)")
+    return values
+
+
+def is_default_preprocessing(mean, std, interpolation) -> bool:
+    """Whether these are the original's (the model's first layer is then a plain
+    ``Rescaling(1 / 127.5, offset=-1)``, as in every keras_vit model before them)."""
+    return (all(v == DEFAULT_MEAN for v in mean) and all(v == DEFAULT_STD for v in std)
+            and interpolation == DEFAULT_INTERPOLATION)
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class PixelNormalization(keras.layers.Rescaling):
+    """``(pixels / 255 - mean) / std`` per channel: the first layer of a model built for a
+    checkpoint trained with other statistics than the original's (ImageNet's mean / std for
+    DeiT and many fine-tunes). It also records the checkpoint's resize ``interpolation``,
+    which the serving export and ``keras-vit predict`` resize with (:func:`model_preprocessing`).
+    Saved in ``.keras`` files with its model.
+
+    Args:
+        mean, std: one value per channel, on the [0, 1] scale of the pixels.
+        interpolation: the resize method (:data:`INTERPOLATIONS`).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float],
+                 interpolation: str = DEFAULT_INTERPOLATION, **kwargs):
+        kwargs.pop("scale", None)
+        kwargs.pop("offset", None)
+        mean = channel_values(mean, len(mean), "mean")
+        std = channel_values(std, len(mean), "std")
+        check_interpolation(interpolation)
+        super().__init__(scale=[1.0 / (255.0 * s) for s in std],
+                         offset=[-m / s for m, s in zip(mean, std)], **kwargs)
+        self.mean, self.std, self.interpolation = mean, std, interpolation
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("scale", None)
+        config.pop("offset", None)
+        config.update(mean=list(self.mean), std=list(self.std),
+                      interpolation=self.interpolation)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+def normalization_layer(mean, std, interpolation, channels: int, dtype=None):
+    """The model's first layer for these statistics: the original's ``Rescaling`` when they
+    are the defaults (None), else a :class:`PixelNormalization`; both named ``rescaling``."""
+    mean = channel_values(DEFAULT_MEAN if mean is None else mean, channels, "mean")
+    std = channel_values(DEFAULT_STD if std is None else std, channels, "std")
+    interpolation = interpolation or DEFAULT_INTERPOLATION
+    check_interpolation(interpolation)
+    if is_default_preprocessing(mean, std, interpolation):
+        # Original input pipeline: x / 127.5 - 1, no mean/std normalisation.
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling", dtype=dtype)
+    return PixelNormalization(mean, std, interpolation, name="rescaling", dtype=dtype)
+
+
+def model_preprocessing(model) -> Optional[dict]:
+    """``{"mean", "std", "interpolation"}`` of a keras_vit model's first layer (what it
+    expects of [0, 255] pixels and how they should be resized), or None for a model built
+    with ``include_preprocessing=False``."""
+    names = [layer.name for layer in model.layers]
+    if "rescaling" not in names:
+        return None
+    layer = model.get_layer("rescaling")
+    if isinstance(layer, PixelNormalization):
+        return dict(mean=layer.mean, std=layer.std, interpolation=layer.interpolation)
+    channels = model.input_shape[-1] or 3
+    return dict(mean=(DEFAULT_MEAN,) * channels, std=(DEFAULT_STD,) * channels,
+                interpolation=DEFAULT_INTERPOLATION)
+
+
+def model_interpolation(model) -> str:
+    """The resize method of ``model``'s inputs (:func:`model_preprocessing`; bilinear for
+    a model without preprocessing)."""
+    found = model_preprocessing(model)
+    return found["interpolation"] if found else DEFAULT_INTERPOLATION

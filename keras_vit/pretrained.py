@@ -110,10 +110,10 @@ def available_weights() -> Dict[str, Dict[str, PublishedWeights]]:
 
 
 def is_published_name(weights) -> bool:
-    """Whether ``weights`` is meant as a published name rather than a file path."""
-    return (isinstance(weights, str) and not os.path.exists(weights)
-            and not weights.endswith((".npz", ".keras", ".h5", ".safetensors", ".bin",
-                                      ".pth", ".pt")))
+    """Whether ``weights`` is meant as a published name rather than a file path or a hub
+    handle (:func:`keras_vit.weights_kind.weights_kind`)."""
+    from keras_vit.weights_kind import PUBLISHED, weights_kind
+    return isinstance(weights, str) and weights_kind(weights) == PUBLISHED
 
 
 def published(variant: str, name: str) -> PublishedWeights:

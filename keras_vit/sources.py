@@ -23,6 +23,7 @@ import math
 import os
 from typing import Optional
 
+from keras_vit import weights_kind as kinds
 from keras_vit.errors import CheckpointError
 
 ORIGINAL, TIMM, TRANSFORMERS = "original", "timm", "transformers"
@@ -39,7 +40,7 @@ NUMERICS = {
 # transformers' ``hidden_act`` names -> keras_vit's GELU variants.
 _TRANSFORMERS_GELU = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh",
                       "gelu_pytorch_tanh": "tanh"}
-PICKLED_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
+PICKLED_SUFFIXES = kinds.PICKLED_SUFFIXES
 
 
 def refuse_pickle(path: str) -> None:
@@ -51,18 +52,15 @@ def refuse_pickle(path: str) -> None:
 
 
 def weights_source(weights) -> Optional[str]:
-    """``"timm"`` for a ``.safetensors`` file, ``"transformers"`` for a model directory,
-    ``"original"`` for an ``.npz`` file, None for anything else (``.keras``, names)."""
-    if weights is None:
-        return None
-    path = os.fspath(weights)
-    if path.endswith(".safetensors"):
-        return TIMM
-    if os.path.isdir(path):
-        return TRANSFORMERS
-    if path.endswith(".npz"):
-        return ORIGINAL
-    return None
+    """``"timm"`` for a ``.safetensors`` file or a directory in timm's hub layout,
+    ``"transformers"`` for another model directory, ``"original"`` for an ``.npz`` file, None
+    for anything else (``.keras``, names, ``hf://`` handles); see
+    :func:`keras_vit.weights_kind.weights_kind`."""
+    return _SOURCES.get(kinds.weights_kind(weights))
+
+
+_SOURCES = {kinds.TIMM_FILE: TIMM, kinds.TIMM_DIR: TIMM, kinds.TRANSFORMERS: TRANSFORMERS,
+            kinds.NPZ: ORIGINAL}
 
 
 MAX_JSON_BYTES = 64 << 20  # a config.json with ImageNet-21k's id2label is about 1 MB
@@ -171,7 +169,10 @@ def check_pooler_act(config: dict, directory, index) -> None:
 def source_numerics(weights) -> dict:
     """The numerics (:data:`NUMERICS` keys) of the source of ``weights``; the original's for
     anything that is not a timm or transformers checkpoint. For a transformers directory
-    the GELU and LayerNorm epsilon come from its ``config.json``."""
+    the GELU and LayerNorm epsilon come from its ``config.json``; a ``hf://`` handle is
+    that of the repository it names (from the hub's cache, downloaded there if missing)."""
+    if kinds.weights_kind(weights) == kinds.HUB:
+        weights = kinds.download(os.fspath(weights))
     source = weights_source(weights)
     if source == TRANSFORMERS:
         config = read_transformers_config(weights)

@@ -9,33 +9,43 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_vit import weights_kind as kinds
 from keras_vit.checkpoints import (CheckpointError, check_finite, load_pretrained, load_timm,
-                                   load_transformers)
-from keras_vit.sources import PICKLED_SUFFIXES, refuse_pickle
+                                   load_transformers, transformers_weights_file)
+from keras_vit.sources import refuse_pickle
 
-KERAS_SUFFIXES = (".keras", ".weights.h5")
+KERAS_SUFFIXES = kinds.KERAS_SUFFIXES
 
 
 def load_weights(model: keras.Model, weights) -> None:
     """Loads an original ``.npz`` checkpoint, a timm ``.safetensors`` file, a transformers
-    model directory, a ``.keras`` model or a ``.weights.h5`` file. Pickled PyTorch files
-    are refused."""
+    model directory, a directory in timm's hub layout, a ``hf://ORG/NAME[@REVISION]`` hub
+    repository (downloaded through ``huggingface_hub``), a ``.keras`` model or a
+    ``.weights.h5`` file (:mod:`keras_vit.weights_kind`). Pickled PyTorch files are
+    refused."""
     path = os.fspath(weights)
-    if path.endswith(PICKLED_SUFFIXES):
+    kind = kinds.weights_kind(path)
+    if kind == kinds.HUB:
+        path = kinds.download(path)
+        kind = kinds.directory_kind(path)
+    if kind == kinds.PICKLE:
         refuse_pickle(path)
-    if path.endswith(".npz"):
+    elif kind == kinds.NPZ:
         load_pretrained(model, path)
-    elif path.endswith(".safetensors"):
+    elif kind == kinds.TIMM_FILE:
         load_timm(model, path)
-    elif os.path.isdir(path):
+    elif kind == kinds.TIMM_DIR:
+        load_timm(model, transformers_weights_file(path))
+    elif kind == kinds.TRANSFORMERS:
         load_transformers(model, path)
-    elif path.endswith(KERAS_SUFFIXES):
+    elif kind in (kinds.KERAS, kinds.KERAS_WEIGHTS):
         load_keras_weights(model, path)
     else:
         raise ValueError(f"cannot load weights from {path!r}: expected an original .npz "
-                         "checkpoint, a timm .safetensors file, a transformers model "
-                         "directory, a .keras or a .weights.h5 file, or (with a named builder "
-                         "such as ViT_B16) a published checkpoint name")
+                         "checkpoint, a timm .safetensors file, a transformers or timm hub "
+                         "model directory, an hf://ORG/NAME handle, a .keras or a .weights.h5 "
+                         "file, or (with a named builder such as ViT_B16) a published "
+                         "checkpoint name")
 
 
 def check_keras_file(path: str) -> None:
