@@ -13,7 +13,7 @@ HELP = "top-1 / top-5 of a run or model"
 def add_arguments(parser) -> None:
     from export.command_line import positive_int
 
-    parser.add_argument("model", help="run directory or .keras file")
+    parser.add_argument("model", help="run directory, .keras file, checkpoint or hf:// name")
     parser.add_argument("--dataset")
     parser.add_argument("--data-dir")
     parser.add_argument("--test-split")
@@ -22,37 +22,36 @@ def add_arguments(parser) -> None:
 
 
 def check(args):
-    """(model file, dataset) of ``evaluate``, checked without TensorFlow."""
+    """(model, dataset) of ``evaluate``, checked without TensorFlow: the model is anything
+    :func:`export.model_sources.model_kind` names except a served one."""
+    from export.model_sources import model_kind
     from export.run_layout import RunLayout
     from training.figures import check_png_output
 
     if args.confusion:
         check_png_output(args.confusion)
+    kind = model_kind(args.model)
+    if kind in ("server", "saved_model"):
+        raise ValueError(f"{args.model} is a served model ({kind}): evaluate a run directory, "
+                         "a .keras file or a checkpoint")
     recipe_data = {}
-    model_path = args.model
-    if os.path.isdir(args.model):
-        run = RunLayout(args.model)
-        model_path = run.model
-        if os.path.exists(run.config):
-            from training.run_config import load_run_config
-            recipe_data = dataclasses.asdict(load_run_config(args.model).recipe)
-    if not os.path.exists(model_path):
-        raise ValueError(f"model not found: {model_path}")
+    if kind == "run" and os.path.exists(RunLayout(args.model).config):
+        from training.run_config import load_run_config
+        recipe_data = dataclasses.asdict(load_run_config(args.model).recipe)
     dataset = args.dataset or recipe_data.get("dataset")
     if not dataset:
         raise ValueError("--dataset is needed when evaluating a bare model file")
-    return model_path, dataset
+    return args.model, dataset
 
 
 def run(args) -> int:
-    import keras
-
     import keras_vit
+    from export.model_sources import load_keras_model
     from training.data import load_source, make_pipeline
     from training.steps import evaluate
 
-    model_path, dataset = check(args)
-    model = keras.saving.load_model(model_path)
+    spec, dataset = check(args)
+    model, _ = load_keras_model(spec)
     source = load_source(dataset, args.data_dir, test_split=args.test_split)
     size = keras_vit.model_image_size(model)
     test = make_pipeline(source.test, size, args.batch_size, read=source.read)
