@@ -103,7 +103,7 @@ def model_at_resolution(model: keras.Model, image_size) -> keras.Model:
     def convert(layer, weights):
         if layer.name != "posembed_input":
             return weights
-        return [resize_position_embeddings(value, grid, layer.num_prefix_tokens,
+        return [resize_position_embeddings(value, grid, layer.position_prefix_tokens,
                                            old_grid=layer.grid_size)
                 if variable is layer.pos_embedding else value
                 for variable, value in zip(layer.weights, weights)]
