@@ -140,6 +140,14 @@ def test_other_resolution_at_run_time_and_rebuilt(case):
     np.testing.assert_allclose(rebuilt(big), model(big), rtol=1e-5, atol=1e-5)
 
 
+def test_distilled_model_gets_two_new_heads_and_skips_decay_on_its_tokens():
+    model = keras_vit.with_new_head(_load("deit_distilled"), 3)
+    assert model(IMAGES).shape == (2, 3)
+    assert not np.any(model(IMAGES))  # both heads zero-initialised
+    names = {v.name for v in keras_vit.no_weight_decay_variables(_load("dinov2_reg"))}
+    assert {"cls", "registers", "pos_embedding", "ls1_gamma"} <= names
+
+
 def test_attention_maps_cover_the_prefix_tokens():
     model = _load("dinov2_reg")  # class token + 4 registers + 4 x 4 patches
     attentions = attention_weights(model, IMAGES)
