@@ -12,7 +12,7 @@ Three commands::
     /work/venv-ref/bin/python benchmarks/family_parity.py fixtures   # tests/fixtures/family/
     # real size: the torch side runs in --torch-python, keras_vit here, one case at a time
     python benchmarks/family_parity.py real --torch-python /work/venv-ref/bin/python \\
-        --output benchmarks/results/DATE-family-parity.json
+        --output benchmarks/results/DATE-family-parity.md
 
 ``fixtures`` writes the tiny versions (width 16, 2 blocks, 32x32 images, float16 files)
 the test suite compares with (tests/keras_vit/test_family.py); ``real`` builds each
@@ -190,12 +190,43 @@ def real(torch_python: str, output: str, cases) -> None:
             print(json.dumps(results[-1]), flush=True)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+    data = {"written_by": "benchmarks/family_parity.py real", "cpu": cpu_name(),
+            "cores": os.cpu_count(), "dtype": "float32", "threshold": 1e-4, "results": results}
+    if output.endswith(".md"):  # (a results note: benchmarks/results holds compare.py's JSON)
+        write_note(data, output)
+        return
     with open(output, "w") as f:
-        json.dump({"written_by": "benchmarks/family_parity.py real", "cpu": cpu_name(),
-                   "cores": os.cpu_count(), "dtype": "float32", "threshold": 1e-4,
-                   "results": results}, f, indent=2)
+        json.dump(data, f, indent=2)
         f.write("\n")
 
+
+def write_note(data: dict, path: str) -> None:
+    """The Markdown results note of a ``real`` run (``data``: what it measured)."""
+    lines = [
+        "# The ViT family against timm at real size (float32)", "",
+        f"Machine: {data['cpu']}, {data['cores']} cores (shared), CPU only; TensorFlow 2.21, "
+        "Keras 3, timm and torch in a separate process. Written by "
+        "`benchmarks/family_parity.py real`: each architecture built with "
+        "`timm.create_model(name, pretrained=False)`, every parameter perturbed (no zero bias, "
+        "no unit LayerNorm scale), saved as `.safetensors`, loaded with "
+        "`keras_vit.from_timm(path, config=config)` (config: the hub config.json's "
+        "`architecture`, `num_classes`, `global_pool`), two random images at the "
+        "architecture's size, inputs `x / 127.5 - 1` on both sides.", "",
+        f"Relative difference = max|keras_vit - timm| / max|timm| over the outputs; "
+        f"threshold {data['threshold']:g}.", "",
+        "| case | timm architecture | example hub id | parameters | outputs | relative "
+        "difference | keras_vit build + load + run (s) |",
+        "|---|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        lines.append(f"| {r['case']} | `{r['architecture']}` | {r['example']} | "
+                     f"{r['params']:,} | {tuple(r['output_shape'])} | "
+                     f"{r['relative_difference']:.1e} | {r['seconds']} |")
+    worst = max(r["relative_difference"] for r in data["results"])
+    lines += ["", f"Largest relative difference: {worst:.1e} "
+                  f"({'under' if worst < data['threshold'] else 'OVER'} "
+                  f"{data['threshold']:g})."]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -205,6 +236,9 @@ def main(argv=None) -> None:
     run.add_argument("--torch-python", default="/work/venv-ref/bin/python")
     run.add_argument("--output", required=True)
     run.add_argument("--cases", nargs="*", default=sorted(CASES))
+    note = sub.add_parser("note")  # a JSON written by `real --output X.json` -> a note
+    note.add_argument("json")
+    note.add_argument("output")
     for name in ("torch-case", "keras-case"):
         one = sub.add_parser(name)
         one.add_argument("case")
@@ -214,6 +248,9 @@ def main(argv=None) -> None:
         fixtures()
     elif args.command == "real":
         real(args.torch_python, args.output, args.cases)
+    elif args.command == "note":
+        with open(args.json) as f:
+            write_note(json.load(f), args.output)
     elif args.command == "torch-case":
         torch_case(args.case, args.directory)
     else:
