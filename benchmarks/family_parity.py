@@ -57,10 +57,12 @@ CASES = {
                "timm/vit_base_patch16_siglip_224.webli"),
     "siglip_gelu_tanh": ("vit_base_patch32_siglip_256", {"num_classes": 0},
                          "timm/vit_base_patch32_siglip_256.v2_webli"),
+    # timm ViTs trained with global_pool="avg" (fc_norm on by default), and with
+    # fc_norm=False beside a class token (without one: e.g. the *_siglip_gap_* towers).
     "avg_fc_norm": ("vit_base_patch16_224", {"global_pool": "avg"},
-                    "timm/vit_base_patch16_224.mae (fine-tuned, global_pool avg)"),
+                    "a timm ViT trained with `--gp avg`"),
     "avg_class_token": ("vit_base_patch16_224", {"global_pool": "avg", "fc_norm": False},
-                        "(timm global_pool='avg', fc_norm=False, with class token)"),
+                        "a timm ViT with `global_pool='avg', fc_norm=False`"),
 }
 
 
@@ -168,14 +170,18 @@ def keras_case(case: str, directory: str) -> dict:
 
 
 def cpu_name() -> str:
+    """The CPU's model name, its family / model numbers and vector extensions."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
+                        if ":" in line)
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get("flags", "").split())
+    vector = "AVX-512" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else ""
+    return (f"{info.get('model name', platform.processor())} (family {info.get('cpu family')}, "
+            f"model {info.get('model')}; {vector})")
 
 
 def real(torch_python: str, output: str, cases) -> None:
@@ -218,7 +224,7 @@ def write_note(data: dict, path: str) -> None:
         "difference | keras_vit build + load + run (s) |",
         "|---|---|---|---|---|---|---|"]
     for r in data["results"]:
-        lines.append(f"| {r['case']} | `{r['architecture']}` | {r['example']} | "
+        lines.append(f"| {r['case']} | `{r['architecture']}` | {CASES[r['case']][2]} | "
                      f"{r['params']:,} | {tuple(r['output_shape'])} | "
                      f"{r['relative_difference']:.1e} | {r['seconds']} |")
     worst = max(r["relative_difference"] for r in data["results"])
