@@ -48,7 +48,7 @@ CASES = {
     "clip": ("vit_base_patch16_clip_224", {"num_classes": 512},
              "timm/vit_base_patch16_clip_224.laion2b"),
     "clip_quickgelu": ("vit_base_patch16_clip_quickgelu_224", {"num_classes": 512},
-                       "timm/vit_base_patch16_clip_quickgelu_224.openai"),
+                       "timm/vit_base_patch16_clip_224.openai (QuickGELU: its notes)"),
     "dinov2": ("vit_small_patch14_dinov2", {"num_classes": 0},
                "timm/vit_small_patch14_dinov2.lvd142m"),
     "dinov2_reg": ("vit_small_patch14_reg4_dinov2", {"num_classes": 0},

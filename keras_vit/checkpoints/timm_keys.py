@@ -143,7 +143,12 @@ def timm_config_numerics(config, path: str = "config.json") -> dict:
     """The GELU variant and LayerNorm epsilon a timm hub ``config.json`` implies
     (``model_args["act_layer"]``, else the architecture name: ``*_quickgelu_*`` QuickGELU,
     the SigLIP towers of :data:`_GELU_TANH_ARCHITECTURES` tanh GELU; CLIP towers
-    ``*_clip_*`` LayerNorm epsilon 1e-5, as timm builds them); {} without a config."""
+    ``*_clip_*`` LayerNorm epsilon 1e-5, as timm builds them); {} without a config.
+
+    OpenAI's CLIP weights are published once, under the GELU architecture name
+    (``timm/vit_base_patch16_clip_224.openai``) with the ``pretrained_cfg`` note "natively
+    QuickGELU, use quickgelu model variant for original results": such a note gives
+    QuickGELU (what timm's ``*_quickgelu_*`` variant of the same file computes)."""
     if not config:
         return {}
     name, act = timm_architecture_name(config), timm_model_args(config).get("act_layer")
@@ -151,7 +156,10 @@ def timm_config_numerics(config, path: str = "config.json") -> dict:
         from keras_vit.errors import CheckpointError
         raise CheckpointError(f"{path}: act_layer {act!r} is not an activation keras_vit "
                               f"computes (known: {', '.join(sorted(TIMM_ACTIVATIONS))})")
+    notes = ((config.get("pretrained_cfg") or {}) if isinstance(
+        config.get("pretrained_cfg"), dict) else {}).get("notes") or ()
+    native_quick = any("quickgelu" in str(note).lower() for note in notes)
     gelu = TIMM_ACTIVATIONS[act] if act else (
-        "quick" if "quickgelu" in name else
+        "quick" if "quickgelu" in name or native_quick else
         "tanh" if name in _GELU_TANH_ARCHITECTURES else "erf")
     return {"gelu": gelu, "layer_norm_epsilon": 1e-5 if "_clip_" in name else 1e-6}

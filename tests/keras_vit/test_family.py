@@ -91,6 +91,17 @@ def test_tolerance_sees_the_numerics_the_config_gives(case, wrong):
     assert _rel_err(_load(case, **wrong)(IMAGES), case) > 2 * TOLERANCE
 
 
+def test_openai_clip_under_the_gelu_name_computes_quickgelu_from_its_notes():
+    # timm publishes OpenAI's weights once, as vit_base_patch16_clip_224.openai, noting
+    # "natively QuickGELU": the hub config's architecture name alone would say GELU.
+    config = {"architecture": "vit_base_patch16_clip_224", "num_classes": 5,
+              "global_pool": "token", "pretrained_cfg": {"notes": [
+                  "natively QuickGELU, use quickgelu model variant for original results"]}}
+    model = keras_vit.from_timm(_path("clip_quickgelu"), config=config, num_heads=2)
+    assert model.get_layer("encoderblock_0").gelu == "quick"
+    assert _rel_err(model(IMAGES), "clip_quickgelu") < TOLERANCE
+
+
 def test_clip_towers_compute_with_timms_layer_norm_epsilon():
     # (The fixture's O(1) variances hide an epsilon of 1e-5 vs 1e-6: checked in the layers.)
     model = _load("clip")
