@@ -15,7 +15,9 @@ from keras_vit.checkpoints import (POS_EMBEDDING_KEY, CheckpointError, check_bou
                                    read_safetensors_index, transformers_prefix,
                                    transformers_weights_file)
 from keras_vit.position_embeddings import to_pair
-from keras_vit.sources import check_pooler_act, read_transformers_config, source_numerics
+from keras_vit.checkpoints.timm_keys import timm_config_numerics, timm_model_args
+from keras_vit.sources import (NUMERICS, TIMM, check_pooler_act, read_transformers_config,
+                               source_numerics)
 from keras_vit.variants import VARIANTS, resnet_stride
 
 # Blocks and ResNet units are counted from one key each complete one has (a stray key such
@@ -226,7 +228,8 @@ def _square_image_size(tokens, prefix, stride, path, what):
 
 
 def timm_architecture(path: str, classifier: Optional[str] = None,
-                      num_heads: Optional[int] = None, image_size=None) -> dict:
+                      num_heads: Optional[int] = None, image_size=None,
+                      config: Optional[dict] = None, numerics: Optional[dict] = None) -> dict:
     """The :func:`keras_vit.ViT` arguments that fit a timm ViT ``.safetensors`` checkpoint.
 
     Width, depth, MLP width, patch size, class count, the hybrid's ResNet stages and the
@@ -234,37 +237,119 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
     say: the head count (timm's fused qkv weight does not split it; known widths 192, 384,
     768, 1024, 1280 get timm's 3, 6, 12, 16, 16, others need ``num_heads``) and the pooling
     (a file without ``cls_token`` is average-pooled, ``"gap"``; with one, ``"token"`` unless
-    ``classifier`` says otherwise). timm's ``fc_norm`` (LayerNorm after the pooling, the
-    default of ``global_pool="avg"``) is refused: keras_vit normalises before pooling, as
-    timm's ``fc_norm=False`` models and the original do.
+    ``classifier`` or the config's ``global_pool`` says otherwise).
+
+    The ViT family's options come from the tensors too (:func:`timm_family`): register and
+    distillation tokens, LayerScale, a LayerNorm before the blocks, the patch bias, ``fc_norm``,
+    attention pooling, position embeddings without the prefix. What they do not say (the
+    GELU variant and LayerNorm epsilon of CLIP and SigLIP towers) comes from ``config``
+    (:func:`keras_vit.checkpoints.timm_keys.timm_config_numerics`); without it such a file
+    is refused, with what to pass.
 
     Args:
         path: the ``.safetensors`` file.
         classifier: ``"token"`` or ``"gap"``; None: from the presence of ``cls_token``.
         num_heads: attention heads; None: timm's for the width (see above).
         image_size: int or (height, width); None: the position embeddings' square grid.
+        config: the checkpoint's parsed timm hub ``config.json`` (``"architecture"``,
+            ``"model_args"``, ``"global_pool"``, ...), if any.
+        numerics: ``gelu`` and ``layer_norm_epsilon`` the caller chose (they win over the
+            config's; with both, a CLIP or SigLIP file needs no config).
 
     Returns:
-        A dict of keyword arguments for :func:`keras_vit.ViT` (without ``weights``);
-        the numerics are timm's (``ViT(weights=path)`` picks them).
+        A dict of keyword arguments for :func:`keras_vit.ViT` (without ``weights``),
+        with timm's numerics (``gelu``, ``layer_norm_epsilon``).
     """
     index = read_safetensors_index(path)
     check_dtypes(index, path)
-    if any(key.startswith("fc_norm.") for key in index):
-        raise CheckpointError(f"{path}: timm's fc_norm (LayerNorm after average pooling) is "
-                              "not supported; keras_vit normalises before pooling (timm's "
-                              "fc_norm=False)")
+    config = config or {}
+    if num_heads is None and isinstance(timm_model_args(config).get("num_heads"), int):
+        num_heads = timm_model_args(config)["num_heads"]
     args, bounds, channels = _timm_transformer(index, path, classifier, num_heads)
     stride = args["patch_size"] * _timm_resnet(index, path, args, bounds, channels)
     check_bounds(path, bounds)
     _check_holds_blocks(index, _TIMM_BLOCK, args, path)
-    has_cls = int("cls_token" in index)
-    tokens = _check_position_embedding(_timm_shape(index, path, "pos_embed", 3), "pos_embed",
-                                       path, args["hidden_size"], has_cls)
+    args.update(timm_family(index, path, config, classifier, numerics or {}))
+    prefix = (int("cls_token" in index) + int(args["classifier"] == "distilled")
+              + args.get("num_register_tokens", 0))
+    tokens = _timm_shape(index, path, "pos_embed", 3)[1]
+    if prefix and "embed_prefix" not in args:
+        args["embed_prefix"] = _timm_embed_prefix(tokens, prefix, image_size, stride, path,
+                                                  config)
+    embedded = prefix if args.get("embed_prefix", True) else 0
+    _check_position_embedding(_timm_shape(index, path, "pos_embed", 3), "pos_embed", path,
+                              args["hidden_size"], embedded)
     if image_size is None:
-        image_size = _square_image_size(tokens, has_cls, stride, path, "position embeddings")
+        image_size = _square_image_size(tokens, embedded, stride, path, "position embeddings")
     args["image_size"] = image_size
     return args
+
+
+def timm_family(index, path: str, config: dict, classifier: Optional[str],
+                chosen: Optional[dict] = None) -> dict:
+    """The ViT family's :func:`keras_vit.ViT` arguments of a timm file (non-default ones
+    only), the classifier, and timm's numerics (:func:`timm_config_numerics`)."""
+    family = {}
+    if "reg_token" in index:
+        family["num_register_tokens"] = _timm_shape(index, path, "reg_token", 3)[1]
+    for key, option, value in (("blocks.0.ls1.gamma", "layer_scale", True),
+                               ("norm_pre.weight", "pre_norm", True),
+                               ("fc_norm.weight", "fc_norm", True)):
+        if key in index:
+            family[option] = value
+    if "patch_embed.proj.bias" not in index:
+        family["patch_bias"] = False
+    no_embed_class = timm_model_args(config).get("no_embed_class")
+    if isinstance(no_embed_class, bool):
+        family["embed_prefix"] = not no_embed_class
+    family["classifier"] = classifier or _timm_classifier(index, path, config, family)
+    if "cls_token" in index and family["classifier"] in ("gap", "map"):
+        family["class_token"] = True  # timm's average / attention pooling beside a class token
+    numerics = {**NUMERICS[TIMM], **timm_config_numerics(config, path), **(chosen or {})}
+    given = {"gelu", "layer_norm_epsilon"} <= set(chosen or {})
+    if not (config or given) and ("norm_pre.weight" in index or "attn_pool.latent" in index):
+        raise CheckpointError(
+            f"{path}: a CLIP or SigLIP image tower's GELU variant and LayerNorm epsilon are "
+            "not in its tensors; pass config= (its timm config.json, parsed) or gelu= and "
+            "layer_norm_epsilon=")
+    family.update(gelu=numerics["gelu"], layer_norm_epsilon=numerics["layer_norm_epsilon"])
+    return family
+
+
+def _timm_classifier(index, path: str, config: dict, family: dict) -> str:
+    """The pooling of a timm file: attention pooling (``attn_pool``), DeiT distilled
+    (``dist_token``), else the config's ``global_pool``, else timm's default for the file
+    (``"token"`` with a class token, average pooling without one or with ``fc_norm``)."""
+    if "attn_pool.latent" in index:
+        return "map"
+    if "dist_token" in index:
+        return "distilled"
+    pool = config.get("global_pool", timm_model_args(config).get("global_pool"))
+    if pool in ("token", "avg"):
+        return "token" if pool == "token" else "gap"
+    if pool is not None:
+        raise CheckpointError(f"{path}: its config's global_pool {pool!r} is not one keras_vit "
+                              "computes ('token', 'avg', 'map')")
+    return "token" if "cls_token" in index and not family.get("fc_norm") else "gap"
+
+
+def _timm_embed_prefix(tokens, prefix, image_size, stride, path, config) -> bool:
+    """Whether the position embeddings have entries for the prefix tokens (timm's
+    ``no_embed_class=False``), from their token count: the grid with or without them."""
+    if image_size is not None:
+        height, width = to_pair(image_size, "image_size")
+        grid = (height // stride) * (width // stride)
+        candidates = [embed for embed in (True, False)
+                      if tokens == grid + (prefix if embed else 0)]
+    else:
+        candidates = [embed for embed in (True, False)
+                      if math.isqrt(tokens - (prefix if embed else 0)) ** 2
+                      == tokens - (prefix if embed else 0)]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise CheckpointError(f"{path}: cannot tell from its {tokens} position embeddings whether "
+                          f"they include the {prefix} prefix token(s); pass config= (its timm "
+                          "config.json, with model_args no_embed_class) or embed_prefix=")
 
 
 def _timm_shape(index, path, key, rank):
@@ -341,7 +426,7 @@ def _timm_units(index, path) -> Tuple[int, ...]:
 
 
 def from_timm(path: str, classifier: Optional[str] = None, num_heads: Optional[int] = None,
-              image_size=None, **kwargs) -> keras.Model:
+              image_size=None, config: Optional[dict] = None, **kwargs) -> keras.Model:
     """A keras_vit model built for and loaded from a timm ViT ``.safetensors`` checkpoint,
     computing with timm's numerics (exact GELU; for hybrids GroupNorm epsilon 1e-5 and
     weight standardisation ``/ sqrt(var + 1e-8)``).
@@ -349,7 +434,7 @@ def from_timm(path: str, classifier: Optional[str] = None, num_heads: Optional[i
     Args:
         path: the ``.safetensors`` file, e.g. of ``vit_base_patch16_224.augreg2_in21k_ft_in1k``
             or ``vit_small_r26_s32_224``.
-        classifier, num_heads, image_size: see :func:`timm_architecture`.
+        classifier, num_heads, image_size, config: see :func:`timm_architecture`.
         **kwargs: other :func:`keras_vit.ViT` arguments (they override the checkpoint's).
 
     Returns:
@@ -359,9 +444,14 @@ def from_timm(path: str, classifier: Optional[str] = None, num_heads: Optional[i
     """
     from keras_vit import models
 
-    args = timm_architecture(path, classifier, num_heads, image_size)
+    from keras_vit.checkpoints import load_timm
+
+    chosen = {key: kwargs[key] for key in ("gelu", "layer_norm_epsilon") if key in kwargs}
+    args = timm_architecture(path, classifier, num_heads, image_size, config, chosen)
     args.update(kwargs)
-    return models.ViT(weights=path, **{"name": "vit", **args})
+    model = models.ViT(**{"name": "vit", **NUMERICS[TIMM], **args})
+    load_timm(model, path, numerics={key: args[key] for key in ("gelu", "layer_norm_epsilon")})
+    return model
 
 
 def transformers_architecture(directory: str, image_size=None) -> Tuple[dict, list]:

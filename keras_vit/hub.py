@@ -49,9 +49,9 @@ from keras_vit.sources import read_json
 # model_args.num_heads wins).
 TIMM_HEADS = {192: 3, 256: 4, 384: 6, 512: 8, 640: 10, 768: 12, 896: 14, 1024: 16,
               1152: 16, 1280: 16, 1408: 16}
-# timm architecture name prefixes keras_vit builds with from_timm (plain ViTs and hybrids,
-# DeiT without distillation token: the same modules).
-TIMM_ARCHITECTURES = ("vit_", "deit_")
+# timm architecture name prefixes keras_vit builds with from_timm (plain ViTs, hybrids and
+# the family: DeiT, DeiT III; CLIP, DINOv2 and SigLIP towers are vit_* in timm).
+TIMM_ARCHITECTURES = ("vit_", "deit_", "deit3_")
 # Resize methods by their names in timm (strings) and transformers (PIL's numbers).
 _INTERPOLATION_NAMES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest",
                         "lanczos": "lanczos3", "box": "area", "area": "area"}
@@ -193,10 +193,9 @@ def _timm_preset(directory: str, chosen: dict, num_heads, kwargs) -> keras.Model
     weights = transformers_weights_file(directory)
     if num_heads is None:
         num_heads = timm_heads(weights, config["model_args"], source)
-    pool = {"token": "token", "avg": "gap"}.get(config["model_args"].get("global_pool",
-                                                                         config["global_pool"]))
-    model = from_timm(weights, classifier=kwargs.pop("classifier", pool), num_heads=num_heads,
-                      **values, **kwargs)
+    # The family's options (pooling, GELU variant, epsilons) from the tensors and the config.
+    model = from_timm(weights, classifier=kwargs.pop("classifier", None), num_heads=num_heads,
+                      config=read_json(source, CheckpointError), **values, **kwargs)
     _name_classes(model, pretrained, weights, source)
     return model
 

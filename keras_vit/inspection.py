@@ -161,8 +161,9 @@ def endpoints_model(model: keras.Model) -> keras.Model:
     outputs = {"embedding": blocks[0].input}
     for i, block in enumerate(blocks):
         outputs[f"block_{i}"] = block.output
-    outputs["encoder_norm"] = model.get_layer("encoder_norm").output
     names = {layer.name for layer in model.layers}
+    if "encoder_norm" in names:  # (fc_norm models normalise after the pooling instead)
+        outputs["encoder_norm"] = model.get_layer("encoder_norm").output
     if "head" in names:
         outputs["pre_logits"] = model.get_layer("head").input
         outputs["logits"] = model.get_layer("head").output
@@ -268,7 +269,7 @@ def position_embedding_similarity(model: keras.Model, image_size=None) -> np.nda
     encoder = model.get_layer("posembed_input")
     grid = encoder.grid_size if image_size is None else token_grid(model, image_size)
     pos = np.asarray(encoder.position_embeddings_for(int(grid[0]), int(grid[1])), np.float64)
-    pos = pos[0, encoder.num_prefix_tokens:]
+    pos = pos[0, encoder.position_prefix_tokens:]
     pos = pos / np.linalg.norm(pos, axis=-1, keepdims=True)
     return (pos @ pos.T).reshape(tuple(grid) * 2)
 

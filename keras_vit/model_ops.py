@@ -16,8 +16,10 @@ from keras_vit.variants import ViTConfig, check_fits
 
 # Name patterns of the weights that weight decay leaves alone (matched with ``re.search``
 # against variable names, as ``keras.optimizers.AdamW.exclude_from_weight_decay(var_names=)``
-# does): biases, LayerNorm / GroupNorm scales and offsets, position embeddings, class token.
-NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "pos_embedding", "^cls$"]
+# does): biases, LayerNorm / GroupNorm scales and offsets (and LayerScale gammas), position
+# embeddings, class, distillation and register tokens, the MAP head's probe (as timm).
+NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "pos_embedding", "^cls$", "^dist$", "^registers$",
+                   "^probe$"]
 
 # (source layer, its weights as numpy arrays) -> the copy's weights; None keeps the copy's
 # freshly initialised weights.
@@ -103,7 +105,7 @@ def model_at_resolution(model: keras.Model, image_size) -> keras.Model:
     def convert(layer, weights):
         if layer.name != "posembed_input":
             return weights
-        return [resize_position_embeddings(value, grid, layer.num_prefix_tokens,
+        return [resize_position_embeddings(value, grid, layer.position_prefix_tokens,
                                            old_grid=layer.grid_size)
                 if variable is layer.pos_embedding else value
                 for variable, value in zip(layer.weights, weights)]
@@ -147,13 +149,15 @@ def with_new_head(model: keras.Model, num_classes: int) -> keras.Model:
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
 
+    heads = ("head", "head_dist")  # (DeiT distilled has two)
+
     def edit(config):
-        if config.get("name") == "head":
+        if config.get("name") in heads:
             config["units"] = int(num_classes)
             config["kernel_initializer"] = "zeros"
             config["bias_initializer"] = "zeros"
 
-    return rebuild(model, edit, lambda layer, w: None if layer.name == "head" else w)
+    return rebuild(model, edit, lambda layer, w: None if layer.name in heads else w)
 
 
 def no_weight_decay_variables(model: keras.Model) -> list:

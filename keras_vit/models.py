@@ -7,8 +7,8 @@ from typing import Optional, Sequence, Union
 
 import keras
 
-from keras_vit.layers import (ImageValidation, PatchEncoder, Patches, ResNetUnit, StdConv2D,
-                              TokenPooling, TransformerBlock)
+from keras_vit.layers import (AttentionPooling, ImageValidation, PatchEncoder, Patches,
+                              ResNetUnit, StdConv2D, TokenPooling, TransformerBlock)
 from keras_vit.layers.pooling import CLASSIFIERS
 from keras_vit.layers.resnet import group_norm
 from keras_vit.position_embeddings import to_pair
@@ -75,7 +75,10 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         channels: int = 3, dtype=None, name: str = "vit", gelu: Optional[str] = None,
         layer_norm_epsilon: Optional[float] = None, group_norm_epsilon: Optional[float] = None,
         std_conv_epsilon: Optional[float] = None,
-        std_conv_epsilon_in_sqrt: Optional[bool] = None) -> keras.Model:
+        std_conv_epsilon_in_sqrt: Optional[bool] = None, class_token: Optional[bool] = None,
+        num_register_tokens: int = 0, embed_prefix: bool = True, layer_scale: bool = False,
+        pre_norm: bool = False, patch_bias: bool = True,
+        fc_norm: bool = False) -> keras.Model:
     """Builds a Vision Transformer (or, with ``resnet_stages``, a ResNet+ViT hybrid).
 
     The model takes images (batch, H, W, channels): raw pixels in [0, 255] when
@@ -92,9 +95,13 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
             :data:`keras_vit.VARIANTS` (``num_heads`` must divide ``hidden_size``).
         num_classes, include_top: outputs of the head; ``include_top=False``: no head.
         weights: None, an original ``.npz``, a timm ``.safetensors`` file, a transformers or
-            timm hub model directory, a ``.keras`` / ``.weights.h5`` file (all:
-            :func:`keras_vit.weights.load_weights`), or (named builders) a published name.
-        classifier: ``"token"`` (class token) or ``"gap"`` (mean of the tokens, no class token).
+            timm hub model directory, an ``hf://`` name, a ``.keras`` / ``.weights.h5`` file
+            (all: :func:`keras_vit.weights.load_weights`), or (named builders) a published
+            name.
+        classifier: ``"token"`` (class token), ``"gap"`` (mean of the patch tokens; no class
+            token unless ``class_token``), ``"map"`` (multi-head attention pooling, SigLIP)
+            or ``"distilled"`` (DeiT distilled: class and distillation tokens, two heads
+            whose logits are averaged, as its authors do at inference).
         representation_size: width of a pre-logits ``Dense + tanh`` layer; None: none.
         mean, std, interpolation: the weights' input statistics (per channel, [0, 1] scale;
             None: 0.5, the original's) and resize method (:mod:`keras_vit.preprocessing`).
@@ -106,6 +113,9 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         gelu, layer_norm_epsilon, group_norm_epsilon, std_conv_epsilon,
             std_conv_epsilon_in_sqrt: the numerics (:mod:`keras_vit.sources`); None: those of
             the source of ``weights`` (timm, transformers), else the original's.
+        class_token: a class token (default: only for ``"token"`` and ``"distilled"``).
+        num_register_tokens, embed_prefix, layer_scale, pre_norm, patch_bias, fc_norm: the
+            ViT family's options (:class:`keras_vit.ViTConfig`; see docs/models.md).
 
     Example:
     >>> model = ViT(image_size=32, patch_size=8, hidden_size=64, mlp_size=128, num_heads=4,
@@ -113,18 +123,34 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
     >>> model.output_shape
     (None, 10)
     """
-    config = _architecture(classifier, patch_size, hidden_size, mlp_size, num_heads,
-                           num_layers, resnet_stages, resnet_width)
-    rates = _dropout_rates(dropout_rate, attention_dropout_rate, drop_path_rate)
-    numerics = _numerics(weights, gelu, layer_norm_epsilon, group_norm_epsilon,
-                         std_conv_epsilon, std_conv_epsilon_in_sqrt)
-    grid = _token_grid(config, image_size, classifier, dtype)
-    inputs = keras.Input(shape=(None, None, channels), name="images")
-    preprocessing = (mean, std, interpolation) if include_preprocessing else None
-    x = _stem(inputs, config, channels, preprocessing, numerics, dtype)
-    x = _encoder(x, config, grid, classifier, rates, numerics, dtype)
-    x = _top(x, classifier, representation_size, include_top, num_classes, dtype)
-    return _with_weights(ViTModel(inputs, x, name=name), weights)
+    return _with_weights(_build(dict(locals())), weights)
+
+
+_FAMILY_OPTIONS = ("num_register_tokens", "embed_prefix", "layer_scale", "pre_norm",
+                   "patch_bias", "fc_norm")
+_NUMERICS_OPTIONS = ("gelu", "layer_norm_epsilon", "group_norm_epsilon", "std_conv_epsilon",
+                     "std_conv_epsilon_in_sqrt")
+
+
+def _build(a: dict) -> keras.Model:
+    """The functional model of :func:`ViT`'s arguments ``a``, checked in named steps."""
+    config = _architecture(a["classifier"], a["patch_size"], a["hidden_size"], a["mlp_size"],
+                           a["num_heads"], a["num_layers"], a["resnet_stages"],
+                           a["resnet_width"], **{k: a[k] for k in _FAMILY_OPTIONS})
+    prefix = _prefix_tokens(config, a["classifier"], a["class_token"],
+                            a["representation_size"])
+    rates = _dropout_rates(a["dropout_rate"], a["attention_dropout_rate"],
+                           a["drop_path_rate"])
+    numerics = _numerics(a["weights"], **{k: a[k] for k in _NUMERICS_OPTIONS})
+    dtype = a["dtype"]
+    grid = _token_grid(config, a["image_size"], prefix, dtype)
+    inputs = keras.Input(shape=(None, None, a["channels"]), name="images")
+    preprocessing = ((a["mean"], a["std"], a["interpolation"]) if a["include_preprocessing"]
+                     else None)
+    x = _stem(inputs, config, a["channels"], preprocessing, numerics, dtype)
+    x = _encoder(x, config, grid, prefix, rates, numerics, dtype)
+    x = _top(x, dict(a, config=config, prefix=prefix, numerics=numerics))
+    return ViTModel(inputs, x, name=a["name"])
 
 
 def _with_weights(model: keras.Model, weights) -> keras.Model:
@@ -135,18 +161,34 @@ def _with_weights(model: keras.Model, weights) -> keras.Model:
 
 
 def _architecture(classifier, patch_size, hidden_size, mlp_size, num_heads, num_layers,
-                  resnet_stages, resnet_width) -> ViTConfig:
+                  resnet_stages, resnet_width, **family) -> ViTConfig:
     """The builder's arguments as a :class:`ViTConfig` (a row of the variant table), checked."""
     if classifier not in CLASSIFIERS:
         raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
+    family = {k: (int if k == "num_register_tokens" else bool)(v) for k, v in family.items()}
     config = ViTConfig(patch_size=int(patch_size), hidden_size=int(hidden_size),
                        mlp_size=int(mlp_size), num_heads=int(num_heads),
                        num_layers=int(num_layers),
                        resnet_stages=tuple(resnet_stages) if resnet_stages else None,
-                       resnet_width=int(resnet_width))
+                       resnet_width=int(resnet_width), **family)
+    if config.num_register_tokens < 0:
+        raise ValueError(f"num_register_tokens must be >= 0, got {config.num_register_tokens}")
     if config.hidden_size % config.num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
     return config
+
+
+def _prefix_tokens(config: ViTConfig, classifier, class_token, representation_size) -> dict:
+    """The tokens before the patches: class token, distillation token, registers."""
+    if class_token is None:
+        class_token = classifier in ("token", "distilled")
+    if classifier in ("token", "distilled") and not class_token:
+        raise ValueError(f"classifier {classifier!r} needs the class token (class_token=True)")
+    if classifier == "distilled" and representation_size:
+        raise ValueError("classifier 'distilled' has no pre-logits layer (representation_size)")
+    distilled = classifier == "distilled"
+    count = int(class_token) + int(distilled) + config.num_register_tokens
+    return dict(count=count, class_token=bool(class_token), distilled=distilled)
 
 
 def _dropout_rates(dropout_rate, attention_dropout_rate, drop_path_rate) -> dict:
@@ -158,19 +200,16 @@ def _dropout_rates(dropout_rate, attention_dropout_rate, drop_path_rate) -> dict
     return rates
 
 
-def _numerics(weights, *chosen) -> dict:
-    """The numerics of the source of ``weights``, with the ones passed (not None) instead
-    (in the order of :func:`ViT`'s arguments)."""
+def _numerics(weights, **chosen) -> dict:
+    """The numerics of the source of ``weights``, with the ones passed (not None) instead."""
     numerics = source_numerics(weights)
-    keys = ("gelu", "layer_norm_epsilon", "group_norm_epsilon", "std_conv_epsilon",
-            "std_conv_epsilon_in_sqrt")
-    for key, value in zip(keys, chosen):
+    for key, value in chosen.items():
         if value is not None:
             numerics[key] = value
     return numerics
 
 
-def _token_grid(config: ViTConfig, image_size, classifier, dtype):
+def _token_grid(config: ViTConfig, image_size, prefix, dtype):
     """The (rows, columns) of tokens of ``image_size``, checked divisible and to fit memory."""
     height, width = to_pair(image_size, "image_size")
     stride = total_stride(config)
@@ -181,7 +220,7 @@ def _token_grid(config: ViTConfig, image_size, classifier, dtype):
     grid = (height // stride, width // stride)
     policy = keras.dtype_policies.get(dtype) if dtype is not None else \
         keras.config.dtype_policy()
-    check_fits(config, (height, width), int(classifier == "token"),
+    check_fits(config, (height, width), prefix["count"],
                activation_bytes=2 if "16" in policy.compute_dtype else 4)
     return grid
 
@@ -198,11 +237,19 @@ def _stem(inputs, config: ViTConfig, channels, preprocessing, numerics, dtype):
     return x
 
 
-def _encoder(x, config: ViTConfig, grid, classifier, rates, numerics, dtype):
-    """Patch embedding, position embeddings, the Transformer blocks and the final norm."""
-    x = Patches(config.patch_size, config.hidden_size, name="embedding", dtype=dtype)(x)
-    x = PatchEncoder(grid, config.hidden_size, num_prefix_tokens=int(classifier == "token"),
-                     dropout_rate=rates["dropout_rate"], name="posembed_input", dtype=dtype)(x)
+def _encoder(x, config: ViTConfig, grid, prefix, rates, numerics, dtype):
+    """Patch embedding, position embeddings, the Transformer blocks and the final norm
+    (after the pooling instead with ``fc_norm``)."""
+    x = Patches(config.patch_size, config.hidden_size, use_bias=config.patch_bias,
+                name="embedding", dtype=dtype)(x)
+    x = PatchEncoder(grid, config.hidden_size, num_prefix_tokens=prefix["count"],
+                     dropout_rate=rates["dropout_rate"], name="posembed_input", dtype=dtype,
+                     num_register_tokens=config.num_register_tokens,
+                     distillation_token=prefix["distilled"],
+                     embed_prefix=config.embed_prefix)(x)
+    if config.pre_norm:
+        x = keras.layers.LayerNormalization(epsilon=numerics["layer_norm_epsilon"],
+                                            name="pre_norm", dtype=dtype)(x)
     for i in range(config.num_layers):
         # Stochastic depth grows linearly with depth (0 for the first block).
         rate = rates["drop_path_rate"] * i / max(config.num_layers - 1, 1)
@@ -211,20 +258,52 @@ def _encoder(x, config: ViTConfig, grid, classifier, rates, numerics, dtype):
                              attention_dropout_rate=rates["attention_dropout_rate"],
                              drop_path_rate=rate, name=f"encoderblock_{i}", dtype=dtype,
                              gelu=numerics["gelu"],
-                             layer_norm_epsilon=numerics["layer_norm_epsilon"])(x)
+                             layer_norm_epsilon=numerics["layer_norm_epsilon"],
+                             layer_scale=config.layer_scale)(x)
+    if config.fc_norm:
+        return x
     return keras.layers.LayerNormalization(epsilon=numerics["layer_norm_epsilon"],
                                            name="encoder_norm", dtype=dtype)(x)
 
 
-def _top(x, classifier, representation_size, include_top, num_classes, dtype):
+def _pool(x, top: dict):
+    """The pooling of ``top["classifier"]`` (then the LayerNorm with ``fc_norm``)."""
+    config, classifier, dtype = top["config"], top["classifier"], top["dtype"]
+    epsilon = top["numerics"]["layer_norm_epsilon"]
+    if classifier == "map":
+        x = AttentionPooling(config.num_heads, config.mlp_size, top["prefix"]["count"],
+                             layer_norm_epsilon=epsilon, gelu=top["numerics"]["gelu"],
+                             name="pool", dtype=dtype)(x)
+    else:
+        skip = top["prefix"]["count"] if classifier == "gap" else 0
+        x = TokenPooling(classifier, skip, name="pool", dtype=dtype)(x)
+    if config.fc_norm:
+        x = keras.layers.LayerNormalization(epsilon=epsilon, name="fc_norm", dtype=dtype)(x)
+    return x
+
+
+def _distilled_head(x, num_classes, dtype):
+    """DeiT distilled: the class token's head and the distillation token's head, averaged
+    (timm ``VisionTransformerDistilled`` at inference)."""
+    heads = [keras.layers.Dense(num_classes, kernel_initializer="zeros", name=name,
+                                dtype="float32")(TokenPooling(kind, name=pool, dtype=dtype)(x))
+             for kind, pool, name in (("token", "pool", "head"),
+                                      ("dist", "pool_dist", "head_dist"))]
+    return keras.layers.Average(name="head_average", dtype="float32")(heads)
+
+
+def _top(x, top: dict):
     """Pooling, the pre-logits layer if any, and the head (or the features' output)."""
-    x = TokenPooling(classifier, name="pool", dtype=dtype)(x)
+    representation_size, dtype = top["representation_size"], top["dtype"]
+    if top["classifier"] == "distilled" and top["include_top"]:
+        return _distilled_head(x, top["num_classes"], dtype)
+    x = _pool(x, top)
     if representation_size:
         x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits",
                                dtype=dtype)(x)
-    if include_top:
+    if top["include_top"]:
         # Zero-initialised head in float32 (paper section 3.1, fine-tuning).
-        return keras.layers.Dense(num_classes, kernel_initializer="zeros", name="head",
+        return keras.layers.Dense(top["num_classes"], kernel_initializer="zeros", name="head",
                                   dtype="float32")(x)
     return keras.layers.Activation("linear", name="features", dtype="float32")(x)
 

@@ -22,6 +22,17 @@ class ViTConfig:
         resnet_stages: BiT ResNet v2 units per stage (hybrids), else None.
         resnet_width: ResNet width multiplier.
         checkpoint_name: file name stem in the original release ("ViT-B_16").
+        num_register_tokens: register tokens after the class token (DINOv2 with registers).
+        embed_prefix: the position embeddings have entries for the prefix tokens (False:
+            timm's ``no_embed_class``, DeiT III and DINOv2 with registers).
+        layer_scale: LayerScale on both residual branches of every block (DeiT III, DINOv2).
+        pre_norm: a LayerNorm before the blocks (CLIP image towers).
+        patch_bias: the patch embedding has a bias (False: CLIP image towers).
+        fc_norm: the final LayerNorm after the pooling instead of before it (timm's
+            average-pooled ViTs with ``fc_norm``).
+
+    The last six are the differences of the ViT family (DeiT, DeiT III, CLIP, DINOv2,
+    SigLIP image towers); their defaults are the original ViT.
     """
 
     patch_size: int
@@ -35,6 +46,13 @@ class ViTConfig:
     resnet_width: int = 1
     # Name of the checkpoint files of the original release ("ViT-B_16", "R50+ViT-B_16").
     checkpoint_name: Optional[str] = None
+    # The family's options (defaults: the original ViT).
+    num_register_tokens: int = 0
+    embed_prefix: bool = True
+    layer_scale: bool = False
+    pre_norm: bool = False
+    patch_bias: bool = True
+    fc_norm: bool = False
 
 
 # Transformer sizes (paper Table 1).

@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
-from keras_vit.layers import PatchEncoder, Patches, ResNetUnit, StdConv2D, TransformerBlock
+from keras_vit.layers import (AttentionPooling, PatchEncoder, Patches, ResNetUnit, StdConv2D,
+                              TransformerBlock)
 
 Shape = Tuple[int, ...]
 
@@ -53,16 +54,19 @@ def _same(key, variable, kind="plain"):
 def layer_kind(layer: keras.Layer) -> Optional[str]:
     """What a keras_vit model's layer is to a key map: ``"patches"``, ``"position"``,
     ``"block"``, ``"encoder_norm"``, ``"pre_logits"``, ``"head"``, ``"conv_root"`` and
-    ``"gn_root"`` (a hybrid's stem), ``"unit"`` (a ResNet unit); None for a layer without
-    weights of its own (rescaling, pooling, ...)."""
+    ``"gn_root"`` (a hybrid's stem), ``"unit"`` (a ResNet unit), and the family's
+    ``"pre_norm"``, ``"fc_norm"``, ``"attn_pool"`` (MAP) and ``"head_dist"`` (DeiT
+    distilled); None for a layer without weights of its own (rescaling, pooling, ...)."""
     if isinstance(layer, Patches):
         return "patches"
     if isinstance(layer, PatchEncoder):
         return "position"
     if isinstance(layer, TransformerBlock):
         return "block"
-    if layer.name in ("encoder_norm", "pre_logits", "head"):
+    if layer.name in ("encoder_norm", "pre_logits", "head", "pre_norm", "fc_norm", "head_dist"):
         return layer.name
+    if isinstance(layer, AttentionPooling):
+        return "attn_pool"
     if isinstance(layer, StdConv2D):
         return "conv_root"
     if isinstance(layer, keras.layers.GroupNormalization):

@@ -13,10 +13,10 @@ import numpy as np
 from keras_vit.checkpoints.checks import check_dtypes, check_finite
 from keras_vit.checkpoints.key_map import KeyMap, _shape, walk
 from keras_vit.checkpoints.original_keys import ORIGINAL, POS_EMBEDDING_KEY
-from keras_vit.checkpoints.plan import _plan, _Plan
+from keras_vit.checkpoints.plan import _plan, _Plan, checkpoint_position_prefix
 from keras_vit.checkpoints.readers import (read_npz_arrays, read_npz_index,
                                            read_safetensors_arrays, read_safetensors_index)
-from keras_vit.checkpoints.timm_keys import TIMM
+from keras_vit.checkpoints.timm_keys import TIMM, timm_config_numerics
 from keras_vit.checkpoints.transformers_keys import (transformers_key_map,
                                                      transformers_weights_file)
 from keras_vit.errors import CheckpointError, CheckpointMismatchError
@@ -29,8 +29,8 @@ logger = logging.getLogger("keras_vit")
 
 def _fit_position_embeddings(value, encoder, has_cls, report, key=POS_EMBEDDING_KEY):
     """Drops the class token's embedding if the model has none, then resizes the grid."""
-    prefix = 1 if has_cls else 0
-    if prefix and not encoder.num_prefix_tokens:
+    prefix = checkpoint_position_prefix(encoder, has_cls)
+    if prefix and not encoder.position_prefix_tokens:
         value, prefix = value[:, 1:], 0
     side = int(np.sqrt(value.shape[1] - prefix))
     if (side, side) != tuple(encoder.grid_size):
@@ -173,7 +173,8 @@ def _load(model, path, index, read_arrays, key_map: KeyMap, verbose: bool) -> Di
     return plan.report
 
 
-def load_timm(model: keras.Model, path, *, verbose: bool = True) -> Dict[str, list]:
+def load_timm(model: keras.Model, path, *, verbose: bool = True, config=None,
+              numerics=None) -> Dict[str, list]:
     """Loads a timm ViT ``.safetensors`` checkpoint into a built keras_vit model.
 
     The same checks, guarantees and transfer rules as :func:`load_pretrained` (all keys,
@@ -190,6 +191,10 @@ def load_timm(model: keras.Model, path, *, verbose: bool = True) -> Dict[str, li
         model: a keras_vit model.
         path: the ``.safetensors`` file of a timm ``VisionTransformer`` (plain or hybrid).
         verbose: log what was dropped, re-initialised or resized.
+        config: the checkpoint's parsed timm hub ``config.json``, if any: the GELU variant
+            and LayerNorm epsilon timm computes with come from it (QuickGELU CLIP towers,
+            CLIP's epsilon 1e-5, SigLIP's tanh GELU), for the warning above.
+        numerics: those numerics themselves (they take precedence over ``config``).
 
     Returns:
         The report of :func:`load_pretrained`, with timm's keys.
@@ -201,7 +206,8 @@ def load_timm(model: keras.Model, path, *, verbose: bool = True) -> Dict[str, li
                               "(config.json + model.safetensors) instead")
     report = _load(model, path, index, lambda keys: read_safetensors_arrays(path, keys), TIMM,
                    verbose)
-    _warn_other_numerics(model, source_numerics(path), "timm")
+    source = dict(source_numerics(path), **timm_config_numerics(config, path))
+    _warn_other_numerics(model, dict(source, **(numerics or {})), "timm")
     return report
 
 

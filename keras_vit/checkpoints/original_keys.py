@@ -73,7 +73,7 @@ def _block_entries(p, layer):
 
 
 def _position_entries(layer) -> List[Entry]:
-    cls = [_same("cls", layer.cls)] if layer.num_prefix_tokens else []
+    cls = [_same("cls", layer.cls)] if layer.class_token else []
     return cls + [Entry([POS_EMBEDDING_KEY], layer.pos_embedding, None, kind="posemb")]
 
 

@@ -40,12 +40,22 @@ class _Plan:
     head_keys: List[str] = dataclasses.field(default_factory=list)
 
 
+def checkpoint_position_prefix(encoder: PatchEncoder, has_cls: bool) -> int:
+    """The prefix entries a checkpoint's position embeddings hold: the model's own for the
+    family's layouts (distillation or register tokens, embeddings without the prefix);
+    otherwise one where the checkpoint has a class token (a class-token checkpoint also
+    loads into a model without one, its embedding dropped)."""
+    if encoder.distillation_token or encoder.num_register_tokens or not encoder.embed_prefix:
+        return encoder.position_prefix_tokens
+    return int(has_cls)
+
+
 def _posemb_problem(found: Shape, encoder: PatchEncoder, has_cls: bool) -> Optional[str]:
     """Why a checkpoint's position embeddings cannot be fitted to ``encoder``, or None."""
-    prefix = 1 if has_cls else 0
+    prefix = checkpoint_position_prefix(encoder, has_cls)
     if len(found) != 3 or found[0] != 1 or found[2] != encoder.hidden_size:
         return f"expected shape (1, tokens, {encoder.hidden_size}), found {found}"
-    if encoder.num_prefix_tokens > prefix:
+    if encoder.position_prefix_tokens > prefix:
         return "the model has a class token but the checkpoint has none"
     grid = found[1] - prefix
     side = int(np.sqrt(grid))
@@ -128,7 +138,8 @@ def _place(plan: _Plan, entry: Entry, found: List[Shape], model: keras.Model, fa
             return
     elif entry.kind == "posemb":
         if len(found[0]) == 3:
-            check_position_grid(path, entry.keys[0], found[0][1], int(facts.has_cls))
+            check_position_grid(path, entry.keys[0], found[0][1],
+                                checkpoint_position_prefix(facts.encoder, facts.has_cls))
         problem = _posemb_problem(found[0], facts.encoder, facts.has_cls)
         if problem:
             plan.problems.append(f"{entry.keys[0]}: {problem}")
@@ -148,7 +159,7 @@ def _unused(plan: _Plan, keys: List[str], index, key_map: KeyMap, facts: _Facts)
     for key in keys:
         head_of_headless = key.startswith(key_map.head) and "head" not in facts.layer_names
         if ((key_map.pre_logits and key.startswith(key_map.pre_logits)) or head_of_headless
-                or (key == key_map.cls and not facts.encoder.num_prefix_tokens)):
+                or (key == key_map.cls and not facts.encoder.class_token)):
             plan.report["dropped"].append(key)
             plan.head_dropped |= head_of_headless
             if head_of_headless:

@@ -43,7 +43,7 @@ def _block_entries(layer, prefix: str) -> List[Entry]:
 
 
 def _position_entries(layer, emb: str) -> List[Entry]:
-    cls = [_same(f"{emb}.cls_token", layer.cls)] if layer.num_prefix_tokens else []
+    cls = [_same(f"{emb}.cls_token", layer.cls)] if layer.class_token else []
     return cls + [Entry([f"{emb}.position_embeddings"], layer.pos_embedding, None,
                         kind="posemb")]
 

@@ -1,4 +1,5 @@
-"""Class token + learned position embeddings, interpolated at run time for other grids."""
+"""Prefix tokens (class, distillation, registers) + learned position embeddings,
+interpolated at run time for other grids."""
 from __future__ import annotations
 
 import keras
@@ -15,6 +16,13 @@ class PatchEncoder(keras.layers.Layer):
     as in the original; omitted when ``num_prefix_tokens=0``, the "gap" classifier), adds
     the learned position embeddings (normal, stddev 0.02) and applies dropout (paper eq. 1).
 
+    The family's variants (timm ``VisionTransformer`` / ``VisionTransformerDistilled``):
+    DeiT's distillation token follows the class token, DINOv2's register tokens follow
+    them (timm's order: class, distillation, registers, patches). With
+    ``embed_prefix=False`` (timm ``no_embed_class``: DeiT III, DINOv2 with registers) the
+    position embeddings cover the patches only and are added before the prefix tokens are
+    prepended.
+
     The embeddings are learned for ``grid_size``. Another grid (a different input
     resolution) is served by resizing them inside the graph with aligned-corners bilinear
     interpolation, the original fine-tuning semantics (paper section 3.2), so a model built
@@ -23,19 +31,33 @@ class PatchEncoder(keras.layers.Layer):
     Args:
         grid_size: int or (h, w): the patch grid the embeddings are learned for.
         hidden_size: token width D.
-        num_prefix_tokens: 1 (a class token) or 0 (the "gap" classifier).
+        num_prefix_tokens: tokens before the patches: the class token (0 or 1) plus the
+            distillation token and the registers below.
         dropout_rate: dropout after adding the position embeddings.
+        num_register_tokens: register tokens (DINOv2 with registers), among the prefix.
+        distillation_token: a distillation token (DeiT distilled), among the prefix.
+        embed_prefix: the position embeddings have entries for the prefix tokens.
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, grid_size, hidden_size: int, num_prefix_tokens: int = 1,
-                 dropout_rate: float = 0.0, **kwargs):
+                 dropout_rate: float = 0.0, num_register_tokens: int = 0,
+                 distillation_token: bool = False, embed_prefix: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.grid_size = to_pair(grid_size, "grid_size")
         self.hidden_size = int(hidden_size)
-        if num_prefix_tokens not in (0, 1):
-            raise ValueError(f"num_prefix_tokens must be 0 or 1, got {num_prefix_tokens}")
+        self.num_register_tokens = int(num_register_tokens)
+        self.distillation_token = bool(distillation_token)
+        self.embed_prefix = bool(embed_prefix)
+        extra = self.num_register_tokens + int(self.distillation_token)
+        if self.num_register_tokens < 0 or num_prefix_tokens - extra not in (0, 1):
+            raise ValueError(f"num_prefix_tokens must be 0 or 1 (the class token) plus the "
+                             f"{extra} distillation and register tokens, got "
+                             f"{num_prefix_tokens}")
+        if self.distillation_token and num_prefix_tokens - extra != 1:
+            raise ValueError("a distillation token needs a class token")
         self.num_prefix_tokens = int(num_prefix_tokens)
+        self.class_token = bool(num_prefix_tokens - extra)
         self.dropout_rate = float(dropout_rate)
         self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
 
@@ -43,14 +65,32 @@ class PatchEncoder(keras.layers.Layer):
         if input_shape[-1] is not None and input_shape[-1] != self.hidden_size:
             raise ValueError(f"{self.name}: expected patch vectors of size {self.hidden_size}, "
                              f"received input shape {tuple(input_shape)}")
-        if self.num_prefix_tokens:
+        if self.class_token:
             self.cls = self.add_weight(name="cls", shape=(1, 1, self.hidden_size),
                                        initializer="zeros")
-        num = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+        num = self.position_prefix_tokens + self.grid_size[0] * self.grid_size[1]
         self.pos_embedding = self.add_weight(
             name="pos_embedding", shape=(1, num, self.hidden_size),
             initializer=keras.initializers.RandomNormal(stddev=0.02))
+        self.dist = self.registers = None
+        if self.distillation_token:
+            self.dist = self.add_weight(name="dist", shape=(1, 1, self.hidden_size),
+                                        initializer=keras.initializers.RandomNormal(stddev=0.02))
+        if self.num_register_tokens:
+            self.registers = self.add_weight(
+                name="registers", shape=(1, self.num_register_tokens, self.hidden_size),
+                initializer=keras.initializers.RandomNormal(stddev=0.02))
         self.dropout.build(None)
+
+    @property
+    def position_prefix_tokens(self) -> int:
+        """The prefix tokens the position embeddings have entries for."""
+        return self.num_prefix_tokens if self.embed_prefix else 0
+
+    def _prefix(self, batch, dtype):
+        parts = [w for w in (getattr(self, "cls", None) if self.class_token else None,
+                             self.dist, self.registers) if w is not None]
+        return [tf.tile(tf.cast(w, dtype), (batch, 1, 1)) for w in parts]
 
     def position_embeddings_for(self, grid_h, grid_w):
         """The (1, prefix + grid_h * grid_w, D) position embeddings for a (h, w) grid."""
@@ -60,8 +100,9 @@ class PatchEncoder(keras.layers.Layer):
             return pos
 
         def resized():
-            prefix = pos[:, :self.num_prefix_tokens]
-            grid = tf.reshape(pos[:, self.num_prefix_tokens:], (1, gh, gw, self.hidden_size))
+            prefix = pos[:, :self.position_prefix_tokens]
+            grid = tf.reshape(pos[:, self.position_prefix_tokens:],
+                              (1, gh, gw, self.hidden_size))
             grid = resize_grid(grid, tf.stack([grid_h, grid_w]))
             grid = tf.reshape(grid, (1, -1, self.hidden_size))
             return tf.concat([prefix, grid], axis=1)
@@ -79,10 +120,13 @@ class PatchEncoder(keras.layers.Layer):
         grid_w = static[2] if static[2] is not None else dynamic[2]
         batch = dynamic[0]
         tokens = tf.reshape(patches, (batch, -1, self.hidden_size))
+        pos = self.position_embeddings_for(grid_h, grid_w)
+        if not self.embed_prefix:
+            tokens = tokens + pos
         if self.num_prefix_tokens:
-            cls = tf.cast(self.cls, tokens.dtype)
-            tokens = tf.concat([tf.tile(cls, (batch, 1, 1)), tokens], axis=1)
-        tokens = tokens + self.position_embeddings_for(grid_h, grid_w)
+            tokens = tf.concat(self._prefix(batch, tokens.dtype) + [tokens], axis=1)
+        if self.embed_prefix:
+            tokens = tokens + pos
         return self.dropout(tokens, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -95,4 +139,9 @@ class PatchEncoder(keras.layers.Layer):
         config.update(grid_size=list(self.grid_size), hidden_size=self.hidden_size,
                       num_prefix_tokens=self.num_prefix_tokens,
                       dropout_rate=self.dropout_rate)
+        if self.num_register_tokens or self.distillation_token or not self.embed_prefix:
+            # Only when used: the configs of the models of before stay as they were.
+            config.update(num_register_tokens=self.num_register_tokens,
+                          distillation_token=self.distillation_token,
+                          embed_prefix=self.embed_prefix)
         return config

@@ -20,6 +20,8 @@ class Patches(keras.layers.Layer):
     Args:
         patch_size: side p of the square patches (kernel = stride = p).
         hidden_size: token width D.
+        use_bias: False for the patch embeddings without bias (CLIP image towers, timm's
+            ``pre_norm`` models).
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
 
     Example:
@@ -28,8 +30,9 @@ class Patches(keras.layers.Layer):
     TensorShape([2, 14, 14, 192])
     """
 
-    def __init__(self, patch_size: int, hidden_size: int, **kwargs):
+    def __init__(self, patch_size: int, hidden_size: int, use_bias: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.use_bias = bool(use_bias)
         self.patch_size = int(patch_size)
         self.hidden_size = int(hidden_size)
 
@@ -43,7 +46,7 @@ class Patches(keras.layers.Layer):
             name="kernel", shape=(p, p, int(channels), self.hidden_size),
             initializer="lecun_normal")
         self.bias = self.add_weight(name="bias", shape=(self.hidden_size,),
-                                    initializer="zeros")
+                                    initializer="zeros") if self.use_bias else None
 
     def call(self, images):
         shape = images.shape
@@ -52,7 +55,8 @@ class Patches(keras.layers.Layer):
                 raise ValueError(f"{self.name}: input size {tuple(shape[1:3])} is not a "
                                  f"multiple of the patch size {self.patch_size}")
         kernel = tf.cast(self.kernel, self.compute_dtype)
-        bias = tf.cast(self.bias, self.compute_dtype)
+        bias = tf.cast(self.bias if self.use_bias else tf.zeros((self.hidden_size,)),
+                       self.compute_dtype)
         if self.patch_size == 1:
             # A 1x1 "patch" (hybrids) is a plain matmul over channels.
             flat = tf.reshape(images, (-1, tf.shape(images)[-1]))
@@ -71,4 +75,6 @@ class Patches(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(patch_size=self.patch_size, hidden_size=self.hidden_size)
+        if not self.use_bias:  # only when used: the configs of before stay as they were
+            config.update(use_bias=False)
         return config

@@ -52,14 +52,26 @@ def gelu_tanh_for_training(x):
 
 
 # "tanh": the approximation of the original release (jax's default); "erf": exact GELU
-# (PyTorch's default, so timm's and transformers' ViTs).
-GELU_VARIANTS = ("tanh", "erf")
+# (PyTorch's default, so timm's and transformers' ViTs); "quick": OpenAI CLIP's QuickGELU,
+# x sigmoid(1.702 x) (timm ``act_layer="quick_gelu"``).
+GELU_VARIANTS = ("tanh", "erf", "quick")
+
+
+def gelu(h, variant: str, training=None):
+    """The MLP activation ``variant`` (:data:`GELU_VARIANTS`) of ``h``."""
+    if variant == "erf":
+        return tf.nn.gelu(h, approximate=False)
+    if variant == "quick":
+        return h * tf.sigmoid(tf.cast(1.702, h.dtype) * h)
+    return gelu_tanh_for_training(h) if training else tf.nn.gelu(h, approximate=True)
 
 # Weight order of a block (``layer.get_weights()``), unfolded and folded.
 BLOCK_WEIGHTS = ("ln1_gamma", "ln1_beta", "qkv_kernel", "qkv_bias", "out_kernel", "out_bias",
                  "ln2_gamma", "ln2_beta", "mlp1_kernel", "mlp1_bias", "mlp2_kernel",
                  "mlp2_bias")
 FOLDED_BLOCK_WEIGHTS = tuple(n for n in BLOCK_WEIGHTS if not n.startswith("ln"))
+# A block with LayerScale (``layer_scale=True``) has these two after the others.
+LAYER_SCALE_WEIGHTS = ("ls1_gamma", "ls2_gamma")
 
 
 def fold_block_weights(weights, num_heads: int):
@@ -67,10 +79,21 @@ def fold_block_weights(weights, num_heads: int):
 
     ``LN(x) W + b = norm(x) (diag(gamma) W) + (beta W + b)``, and the query columns of the
     fused qkv kernel and bias are multiplied by 1/sqrt(head_dim): exact in real arithmetic,
-    computed in float64. Takes and returns numpy arrays in :data:`BLOCK_WEIGHTS` /
-    :data:`FOLDED_BLOCK_WEIGHTS` order.
+    computed in float64. A block's LayerScale (``gamma * branch``) is folded into the
+    branch's last projection the same way (its columns and bias times gamma), so the folded
+    block has none. Takes numpy arrays in :data:`BLOCK_WEIGHTS` order (then
+    :data:`LAYER_SCALE_WEIGHTS` with LayerScale), returns :data:`FOLDED_BLOCK_WEIGHTS`.
     """
-    w = {name: np.asarray(value, np.float64) for name, value in zip(BLOCK_WEIGHTS, weights)}
+    if len(weights) not in (len(BLOCK_WEIGHTS), len(BLOCK_WEIGHTS) + 2):
+        raise ValueError(f"expected the {len(BLOCK_WEIGHTS)} (or, with LayerScale, "
+                         f"{len(BLOCK_WEIGHTS) + 2}) weights of an unfolded block, got "
+                         f"{len(weights)}")
+    w = {name: np.asarray(value, np.float64)
+         for name, value in zip(BLOCK_WEIGHTS + LAYER_SCALE_WEIGHTS, weights)}
+    for scale, kernel, bias in (("ls1_gamma", "out_kernel", "out_bias"),
+                                ("ls2_gamma", "mlp2_kernel", "mlp2_bias")):
+        if scale in w:
+            w[kernel], w[bias] = w[kernel] * w[scale][None, :], w[bias] * w[scale]
     dim = w["qkv_kernel"].shape[0]
     qkv_kernel = w["ln1_gamma"][:, None] * w["qkv_kernel"]
     qkv_bias = w["qkv_bias"] + w["ln1_beta"] @ w["qkv_kernel"]
@@ -118,15 +141,20 @@ class TransformerBlock(keras.layers.Layer):
             depth; kept branches are scaled by 1 / (1 - rate)).
         layer_norm_epsilon: 1e-6 as in the original (and timm); transformers' ViT uses 1e-12.
         gelu: ``"tanh"``: the tanh approximation (the original, jax's default); ``"erf"``:
-            exact GELU (timm and transformers, PyTorch's default).
+            exact GELU (timm and transformers, PyTorch's default); ``"quick"``: CLIP's
+            QuickGELU ``x sigmoid(1.702 x)``.
         folded: the inference form without LayerNorm weights (see above).
+        layer_scale: LayerScale (CaiT, DeiT III, DINOv2; timm ``init_values``): each residual
+            branch is multiplied by a learned per-channel ``gamma`` (``ls1_gamma``,
+            ``ls2_gamma``, initialised to 1e-5) before it is added. A folded block has it
+            inside its projections.
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, num_heads: int, mlp_size: int, dropout_rate: float = 0.0,
                  attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
                  layer_norm_epsilon: float = 1e-6, folded: bool = False, gelu: str = "tanh",
-                 **kwargs):
+                 layer_scale: bool = False, **kwargs):
         super().__init__(**kwargs)
         if gelu not in GELU_VARIANTS:
             raise ValueError(f"gelu must be one of {GELU_VARIANTS}, got {gelu!r}")
@@ -138,6 +166,7 @@ class TransformerBlock(keras.layers.Layer):
         self.drop_path_rate = float(drop_path_rate)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.folded = bool(folded)
+        self.layer_scale = bool(layer_scale)
         policy = self.dtype_policy
         self.attention_dropout = keras.layers.Dropout(self.attention_dropout_rate, dtype=policy)
         self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=policy)
@@ -171,6 +200,11 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp1_bias = weight("mlp1_bias", (self.mlp_size,), zeros)
         self.mlp2_kernel = weight("mlp2_kernel", (self.mlp_size, dim), "glorot_uniform")
         self.mlp2_bias = weight("mlp2_bias", (dim,), zeros)
+        self.ls1_gamma = self.ls2_gamma = None
+        if self.layer_scale and not self.folded:
+            scale = keras.initializers.Constant(1e-5)
+            self.ls1_gamma = weight("ls1_gamma", (dim,), scale)
+            self.ls2_gamma = weight("ls2_gamma", (dim,), scale)
         self.attention_dropout.build(None)
         self.dropout.build(None)
 
@@ -218,24 +252,24 @@ class TransformerBlock(keras.layers.Layer):
         attended = tf.matmul(probs, value)  # (batch, heads, tokens, head_dim)
         attended = tf.reshape(tf.transpose(attended, (0, 2, 1, 3)), (-1, dim))
         branch = tf.nn.bias_add(tf.matmul(attended, w(self.out_kernel)), w(self.out_bias))
-        branch = self.dropout(branch, training=training)
+        branch = self._scaled(self.dropout(branch, training=training), self.ls1_gamma)
         stream = stream + self._drop_path(branch, batch, tokens, training)
 
         # MLP branch.
         h = layer_norm(stream, self.ln2_gamma, self.ln2_beta, self.layer_norm_epsilon,
                        float32_statistics)
         h = tf.nn.bias_add(tf.matmul(h, w(self.mlp1_kernel)), w(self.mlp1_bias))
-        if self.gelu == "erf":
-            h = tf.nn.gelu(h, approximate=False)
-        else:
-            h = gelu_tanh_for_training(h) if training else tf.nn.gelu(h, approximate=True)
-        h = self.dropout(h, training=training)
+        h = self.dropout(gelu(h, self.gelu, training), training=training)
         branch = tf.nn.bias_add(tf.matmul(h, w(self.mlp2_kernel)), w(self.mlp2_bias))
-        branch = self.dropout(branch, training=training)
+        branch = self._scaled(self.dropout(branch, training=training), self.ls2_gamma)
         stream = stream + self._drop_path(branch, batch, tokens, training)
 
         out = tf.reshape(stream, (batch, tokens, dim))
         return tf.ensure_shape(out, static_shape)
+
+    def _scaled(self, branch, gamma):
+        """LayerScale: the branch times its per-channel gamma (none: unchanged)."""
+        return branch if gamma is None else branch * tf.cast(gamma, branch.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -248,4 +282,6 @@ class TransformerBlock(keras.layers.Layer):
                       drop_path_rate=self.drop_path_rate,
                       layer_norm_epsilon=self.layer_norm_epsilon, folded=self.folded,
                       gelu=self.gelu)
+        if self.layer_scale:  # only when used: the configs of before stay as they were
+            config.update(layer_scale=True)
         return config

@@ -206,7 +206,7 @@ def test_mismatch_lists_every_offending_key_and_changes_nothing(tmp_path):
     assert f"timm checkpoint {path}" in message and "3 problem(s)" in message
     assert "missing key 'blocks.1.norm2.weight'" in message
     assert "blocks.0.mlp.fc1.bias: expected shape (64,), found (65,)" in message
-    assert "unexpected key 'fc_norm.weight'" in message and "fc_norm=False" in message
+    assert "unexpected key 'fc_norm.weight'" in message and "build with fc_norm=True" in message
     for old, new in zip(before, model.weights):
         np.testing.assert_array_equal(old, new.numpy())
 
