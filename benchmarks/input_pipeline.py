@@ -30,7 +30,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
 
 BATCH = 128
 SIZE = 224
@@ -290,8 +289,9 @@ def main():
                                                     args.warm_batches),
                "torchvision": lambda: child_torchvision(args.target, args.batches,
                                                         args.warm_batches)}[args.child]
-        print(json.dumps(run()))
+        print(json.dumps(run()))  # the code of the repository on PYTHONPATH (run_child)
         return
+    sys.path.insert(0, REPO)
 
     figures = {"machine": machine(), "args": vars(args), "settings": {}, "first_batch": {}}
     folder, prepared, small = make_data(args)

@@ -399,8 +399,8 @@ def _options() -> tf.data.Options:
 
 
 # The per-image functions use tf.cond / tf.while_loop themselves: AutoGraph's conversion of
-# them (and of keras_vit's decoders) only costs time, about 2 s of each process's first
-# pipeline (benchmarks/results/2026-12-06-input-pipeline.md).
+# them (and of keras_vit's decoders) only cost time, half of a process's time to its first
+# batch (benchmarks/results/2026-12-06-input-pipeline.md).
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 
