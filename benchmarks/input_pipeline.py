@@ -13,10 +13,12 @@ under ``--peer-python``, default this interpreter), started one after the other,
 alternating within each repetition (the order rotates), so that drift of a shared machine hits
 them alike. Each child reports the time from the start of listing the folder to its first
 batch, then images/s from the end of batch ``--warm-batches`` to the end of batch
-``--batches``; the parent samples the child's process tree (every 0.1 s; workers included)
-for its peak RSS and PSS (PSS shares a page between the processes that map it, so forked
-workers are not counted twice). Prints the figures as JSON on its last line (``--json`` also
-writes them to a file).
+``--batches``, and images per CPU-second of its process tree over the same batches (the
+figure that other jobs on a shared machine disturb least). The parent samples the child's
+process tree (every 0.1 s; workers included) for its peak RSS and PSS (PSS shares a page
+between the processes that map it, so forked workers are not counted twice).
+``--baseline REPO`` also times the first batch with another checkout's code (e.g. main).
+Prints the figures as JSON on its last line (``--json`` also writes them to a file).
 """
 import argparse
 import json
