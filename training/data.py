@@ -398,6 +398,12 @@ def _options() -> tf.data.Options:
     return options
 
 
+# The per-image functions use tf.cond / tf.while_loop themselves: AutoGraph's conversion of
+# them (and of keras_vit's decoders) only cost time, half of a process's time to its first
+# batch (benchmarks/results/2026-12-06-input-pipeline.md).
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
 def _shard(ds, input_context):
     if input_context is not None and input_context.num_input_pipelines > 1:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -419,6 +425,7 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
     (tf.distribute) is given; a step takes one batch per replica. An image that cannot be
     read or decoded keeps its place with label -1 (see :func:`_map_skipping_bad`).
     """
+    @_no_autograph
     def prepare(position, item, label):
         if crop_area_min is not None or flip:
             keys = tf.random.experimental.stateless_split(
@@ -453,6 +460,7 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
 
 def _read_and_resize(read, image_size):
     """(item, label) -> (model-resolution float32 pixels, label), for evaluation."""
+    @_no_autograph
     def prepare(item, label):
         image = read(item) if read is not None else item
         return preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS), label
