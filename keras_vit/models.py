@@ -74,7 +74,8 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         channels: int = 3, dtype=None, name: str = "vit", gelu: Optional[str] = None,
         layer_norm_epsilon: Optional[float] = None, group_norm_epsilon: Optional[float] = None,
         std_conv_epsilon: Optional[float] = None,
-        std_conv_epsilon_in_sqrt: Optional[bool] = None) -> keras.Model:
+        std_conv_epsilon_in_sqrt: Optional[bool] = None,
+        position_embedding: str = "learned") -> keras.Model:
     """Builds a Vision Transformer (or, with ``resnet_stages``, a ResNet+ViT hybrid).
 
     The model takes images (batch, H, W, channels): raw pixels in [0, 255] when
@@ -104,6 +105,8 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         gelu, layer_norm_epsilon, group_norm_epsilon, std_conv_epsilon,
             std_conv_epsilon_in_sqrt: the numerics (:mod:`keras_vit.sources`); None: those of
             the source of ``weights`` (timm, transformers), else the original's.
+        position_embedding: ``"learned"`` (the paper's) or ``"sincos2d"`` (fixed 2-D sin-cos,
+            no weight; the plain-ViT baselines, arXiv 2205.01580, with ``classifier="gap"``).
 
     Example:
     >>> model = ViT(image_size=32, patch_size=8, hidden_size=64, mlp_size=128, num_heads=4,
@@ -121,7 +124,7 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
     grid = _token_grid(config, image_size, classifier, dtype)
     inputs = keras.Input(shape=(None, None, channels), name="images")
     x = _stem(inputs, config, channels, include_preprocessing, numerics, dtype)
-    x = _encoder(x, config, grid, classifier, rates, numerics, dtype)
+    x = _encoder(x, config, grid, classifier, rates, numerics, dtype, position_embedding)
     x = _top(x, classifier, representation_size, include_top, num_classes, dtype)
     return _with_weights(ViTModel(inputs, x, name=name), weights)
 
@@ -194,11 +197,13 @@ def _stem(inputs, config: ViTConfig, channels, include_preprocessing, numerics, 
     return x
 
 
-def _encoder(x, config: ViTConfig, grid, classifier, rates, numerics, dtype):
+def _encoder(x, config: ViTConfig, grid, classifier, rates, numerics, dtype,
+             position_embedding="learned"):
     """Patch embedding, position embeddings, the Transformer blocks and the final norm."""
     x = Patches(config.patch_size, config.hidden_size, name="embedding", dtype=dtype)(x)
     x = PatchEncoder(grid, config.hidden_size, num_prefix_tokens=int(classifier == "token"),
-                     dropout_rate=rates["dropout_rate"], name="posembed_input", dtype=dtype)(x)
+                     dropout_rate=rates["dropout_rate"], name="posembed_input", dtype=dtype,
+                     position_embedding=position_embedding)(x)
     for i in range(config.num_layers):
         # Stochastic depth grows linearly with depth (0 for the first block).
         rate = rates["drop_path_rate"] * i / max(config.num_layers - 1, 1)

@@ -1,10 +1,14 @@
-"""Class token + learned position embeddings, interpolated at run time for other grids."""
+"""Class token + position embeddings: learned ones (interpolated at run time for other
+grids) or fixed 2-D sin-cos ones (computed for each grid)."""
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
-from keras_vit.position_embeddings import resize_grid, to_pair
+from keras_vit.position_embeddings import (resize_grid, sincos_2d_position_embeddings,
+                                          to_pair)
+
+POSITION_EMBEDDINGS = ("learned", "sincos2d")
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -25,12 +29,19 @@ class PatchEncoder(keras.layers.Layer):
         hidden_size: token width D.
         num_prefix_tokens: 1 (a class token) or 0 (the "gap" classifier).
         dropout_rate: dropout after adding the position embeddings.
+        position_embedding: ``"learned"`` (the paper's) or ``"sincos2d"``: fixed 2-D sin-cos
+            embeddings of the patches (the plain-ViT baselines, arXiv 2205.01580), no
+            weight, computed for the grid of each input; a class token then gets none.
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, grid_size, hidden_size: int, num_prefix_tokens: int = 1,
-                 dropout_rate: float = 0.0, **kwargs):
+                 dropout_rate: float = 0.0, position_embedding: str = "learned", **kwargs):
         super().__init__(**kwargs)
+        if position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got "
+                             f"{position_embedding!r}")
+        self.position_embedding = position_embedding
         self.grid_size = to_pair(grid_size, "grid_size")
         self.hidden_size = int(hidden_size)
         if num_prefix_tokens not in (0, 1):
@@ -46,6 +57,11 @@ class PatchEncoder(keras.layers.Layer):
         if self.num_prefix_tokens:
             self.cls = self.add_weight(name="cls", shape=(1, 1, self.hidden_size),
                                        initializer="zeros")
+        self.pos_embedding = None
+        if self.position_embedding == "sincos2d":
+            sincos_2d_position_embeddings(1, 1, self.hidden_size)  # checks the width
+            self.dropout.build(None)
+            return
         num = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
         self.pos_embedding = self.add_weight(
             name="pos_embedding", shape=(1, num, self.hidden_size),
@@ -54,6 +70,11 @@ class PatchEncoder(keras.layers.Layer):
 
     def position_embeddings_for(self, grid_h, grid_w):
         """The (1, prefix + grid_h * grid_w, D) position embeddings for a (h, w) grid."""
+        if self.pos_embedding is None:  # sincos2d: zeros for the class token
+            table = sincos_2d_position_embeddings(grid_h, grid_w, self.hidden_size,
+                                                  dtype=self.compute_dtype)
+            prefix = tf.zeros((1, self.num_prefix_tokens, self.hidden_size), table.dtype)
+            return tf.concat([prefix, table], axis=1)
         pos = tf.cast(self.pos_embedding, self.compute_dtype)
         gh, gw = self.grid_size
         if isinstance(grid_h, int) and isinstance(grid_w, int) and (grid_h, grid_w) == (gh, gw):
@@ -95,4 +116,6 @@ class PatchEncoder(keras.layers.Layer):
         config.update(grid_size=list(self.grid_size), hidden_size=self.hidden_size,
                       num_prefix_tokens=self.num_prefix_tokens,
                       dropout_rate=self.dropout_rate)
+        if self.position_embedding != "learned":  # existing models' configs unchanged
+            config["position_embedding"] = self.position_embedding
         return config
