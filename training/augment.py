@@ -261,3 +261,50 @@ def mix_batch(images, targets, seed, *, mixup_alpha: float = 0.0, cutmix_alpha: 
     images = tf.where(use_cutmix, cut, mixed)
     targets = lam * targets + (1.0 - lam) * tf.reverse(targets, [0])
     return images, targets, lam, use_cutmix
+
+
+# --- What a recipe asks of the input pipeline (training.data.make_train_pipeline) ----------
+
+_IMAGE_STREAM, _ERASING_STREAM, _BATCH_STREAM = 1_000_001, 1_000_002, 1_000_003
+
+
+def image_augmenter(recipe):
+    """``(image, seed) -> image`` applying the recipe's RandAugment and random erasing (after
+    the crop, resize and flip), or None when it asks for neither. ``seed`` is the image's
+    (seed + epoch, position) key."""
+    if not recipe.rand_augment_layers and not recipe.random_erasing:
+        return None
+
+    def apply(image, seed):
+        if recipe.rand_augment_layers:
+            image = rand_augment(image, recipe.rand_augment_layers,
+                                 float(recipe.rand_augment_magnitude),
+                                 fold_in(seed, _IMAGE_STREAM),
+                                 float(recipe.rand_augment_magnitude_std))
+        if recipe.random_erasing:
+            image = random_erasing(image, float(recipe.random_erasing),
+                                   fold_in(seed, _ERASING_STREAM))
+        return image
+
+    return apply
+
+
+def batch_mixer(recipe, num_classes: int):
+    """``(images, labels, seed) -> (images, targets)``: the recipe's soft targets (label
+    smoothing) and Mixup / CutMix, or None for hard-label recipes (int64 labels, as before).
+    ``seed`` is the batch's (seed + epoch, input pipeline, batch index) key."""
+    if not recipe.soft_targets:
+        return None
+    mixes = recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0
+
+    def apply(images, labels, seed):
+        targets = soft_targets(labels, num_classes, float(recipe.label_smoothing))
+        if mixes:
+            images, targets, _, _ = mix_batch(
+                images, targets, fold_in(seed, _BATCH_STREAM),
+                mixup_alpha=float(recipe.mixup_alpha), cutmix_alpha=float(recipe.cutmix_alpha),
+                probability=float(recipe.mix_probability),
+                switch_probability=float(recipe.mix_switch_probability))
+        return images, targets
+
+    return apply

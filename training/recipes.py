@@ -167,3 +167,22 @@ RECIPES = {
                    optimizer="adamw", learning_rate=2e-3, schedule="cosine", warmup_steps=100,
                    epochs=30, weight_decay=1e-4, crop_area_min=None, flip=False),
 }
+
+# The flags of keras-vit train that override the from-scratch fields of a recipe:
+# (recipe field, type, help). Every field of RECIPES["deit"] / ["plain"] can be changed.
+FROM_SCRATCH_FLAGS = (
+    ("label_smoothing", float, "label smoothing of the targets (deit: 0.1)"),
+    ("rand_augment_layers", int, "RandAugment ops per image, 0: none (deit, plain: 2)"),
+    ("rand_augment_magnitude", float, "RandAugment magnitude, 0..10 (deit: 9, plain: 10)"),
+    ("rand_augment_magnitude_std", float, "std of the RandAugment magnitude (deit: 0.5)"),
+    ("mixup_alpha", float, "Mixup ratio ~ Beta(a, a), 0: no Mixup (deit: 0.8, plain: 0.2)"),
+    ("cutmix_alpha", float, "CutMix ratio ~ Beta(a, a), 0: no CutMix (deit: 1.0)"),
+    ("mix_probability", float, "probability that a batch is mixed (default 1)"),
+    ("mix_switch_probability", float, "CutMix rather than Mixup when both (default 0.5)"),
+    ("random_erasing", float, "probability of erasing a box of an image (deit: 0.25)"),
+    ("drop_path_rate", float, "stochastic depth of the last block (deit: 0.1)"),
+    ("classifier", str, "token (class token) or gap (global average pool; plain)"),
+    ("position_embedding", str, "learned or sincos2d (fixed 2-D sin-cos; plain)"),
+    ("dropout_rate", float, "dropout (pretrain: 0.1)"),
+    ("crop_area_min", float, "smallest area of the inception crop (deit: 0.08)"),
+)
