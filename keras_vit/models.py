@@ -73,8 +73,7 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
         channels: int = 3, dtype=None, name: str = "vit", gelu: Optional[str] = None,
         layer_norm_epsilon: Optional[float] = None, group_norm_epsilon: Optional[float] = None,
-        std_conv_epsilon: Optional[float] = None,
-        std_conv_epsilon_in_sqrt: Optional[bool] = None,
+        std_conv_epsilon: Optional[float] = None, std_conv_epsilon_in_sqrt: Optional[bool] = None,
         position_embedding: str = "learned") -> keras.Model:
     """Builds a Vision Transformer (or, with ``resnet_stages``, a ResNet+ViT hybrid).
 
@@ -96,17 +95,15 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
             (:func:`keras_vit.load_transformers`), a ``.keras`` / ``.weights.h5`` file, or (via
             the named builders such as :func:`ViT_B16`) a published checkpoint name.
         classifier: ``"token"`` (class token) or ``"gap"`` (mean of the tokens, no class token).
+        position_embedding: ``"learned"`` or ``"sincos2d"`` (fixed, arXiv 2205.01580).
         representation_size: width of a pre-logits ``Dense + tanh`` layer; None: none.
         dropout_rate, attention_dropout_rate, drop_path_rate: dropout after the position
             embeddings and dense layers; on the attention probabilities; stochastic depth of
             the last block (growing linearly from 0 at the first).
-        channels, dtype, name: input channels; the layers' dtype policy (the head is float32
-            under every policy); the model's name.
+        channels, dtype, name: input channels; the layers' dtype policy (head: float32); name.
         gelu, layer_norm_epsilon, group_norm_epsilon, std_conv_epsilon,
             std_conv_epsilon_in_sqrt: the numerics (:mod:`keras_vit.sources`); None: those of
             the source of ``weights`` (timm, transformers), else the original's.
-        position_embedding: ``"learned"`` (the paper's) or ``"sincos2d"`` (fixed 2-D sin-cos,
-            no weight; the plain-ViT baselines, arXiv 2205.01580, with ``classifier="gap"``).
 
     Example:
     >>> model = ViT(image_size=32, patch_size=8, hidden_size=64, mlp_size=128, num_heads=4,
