@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from keras_vit import preprocess_image
 from keras_vit.preprocessing import _MAGIC, _pixel_check, decode_image
+from training.augment import batch_mixer, image_augmenter
 from training.recipes import DEFAULT_MAX_BAD_IMAGES
 
 # How a dataset written by keras-vit prepare describes itself (its dataset_info.json).
@@ -409,8 +410,14 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
                         read: Optional[Callable] = None, skip_steps: int = 0,
                         num_steps: Optional[int] = None, input_context=None,
                         shuffle_buffer: int = 10_000,
-                        bad_images: Optional[BadImages] = None) -> tf.data.Dataset:
+                        bad_images: Optional[BadImages] = None, augment=None,
+                        num_classes: Optional[int] = None) -> tf.data.Dataset:
     """One epoch of shuffled, augmented (float32 pixels in [0, 255], int64 labels) batches.
+
+    ``augment`` (a :class:`training.recipes.Recipe`) adds its from-scratch augmentations
+    (:mod:`training.augment`): RandAugment and random erasing per image, keyed like the crop;
+    label smoothing, Mixup and CutMix per batch, keyed by (``seed``, input pipeline, batch
+    index); the labels are then (batch, ``num_classes``) float32 soft targets.
 
     The order and every augmentation are functions of ``seed`` (the run's seed + epoch) and
     the example's position in that order, whatever the number of workers and wherever the
@@ -419,6 +426,9 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
     (tf.distribute) is given; a step takes one batch per replica. An image that cannot be
     read or decoded keeps its place with label -1 (see :func:`_map_skipping_bad`).
     """
+    per_image = image_augmenter(augment) if augment is not None else None
+    per_batch = batch_mixer(augment, num_classes) if augment is not None else None
+
     def prepare(position, item, label):
         if crop_area_min is not None or flip:
             keys = tf.random.experimental.stateless_split(
@@ -431,6 +441,8 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
         image = preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, keys[1])
+        if per_image is not None:
+            image = per_image(image, tf.stack([tf.cast(seed, tf.int64), position]))
         return image, label
 
     replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
@@ -446,6 +458,12 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
         ds = ds.map(lambda position, example: prepare(position, *example),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
+    if per_batch is not None:
+        pipeline = input_context.input_pipeline_id if input_context is not None else 0
+        ds = ds.enumerate(start=skip_steps * replicas_here).map(
+            lambda index, batch: per_batch(*batch, tf.stack([
+                tf.cast(seed, tf.int64), index + (pipeline << 40)])),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if num_steps is not None:
         ds = ds.take(num_steps * replicas_here)
     return ds.with_options(_options()).prefetch(tf.data.AUTOTUNE)
