@@ -195,8 +195,12 @@ def random_erasing(image, probability: float, seed, area=(0.02, 1 / 3), aspect=(
     rows = tf.range(height)[:, None, None]
     cols = tf.range(width)[None, :, None]
     inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
-    noise = 127.5 + 127.5 * tf.random.stateless_normal(tf.shape(image), fold_in(seed, 1))
-    return tf.where(tf.logical_and(inside, erase), noise, image)
+
+    def erased():
+        noise = 127.5 + 127.5 * tf.random.stateless_normal(tf.shape(image), fold_in(seed, 1))
+        return tf.where(inside, noise, image)
+
+    return tf.cond(erase, erased, lambda: image)  # the noise only for the images erased
 
 
 # --- Targets, Mixup and CutMix (Zhang et al. 2018; Yun et al. 2019; timm Mixup, "batch") ---
