@@ -75,23 +75,18 @@ def cli_reference(parser: argparse.ArgumentParser) -> str:
 
 
 def cli_parsers():
-    """The parsers of the two console entry points: ``keras-vit`` and ``python -m export``."""
-    from export.cli import add_export_arguments, add_predict_arguments
-    from export.startup import add_verbose_flag
+    """The parsers of the two console entry points: ``keras-vit`` and ``python -m export``
+    (the same command modules, :mod:`export.command_line`)."""
+    from export.cli import build_parser as export_parser
     from training.cli import build_parser
-    export_parser = argparse.ArgumentParser(prog="python -m export")
-    sub = export_parser.add_subparsers(dest="command", required=True)
-    add_export_arguments(sub.add_parser("export", help="the same as `keras-vit export`"))
-    add_predict_arguments(sub.add_parser("predict", help="the same as `keras-vit predict`"))
-    add_verbose_flag(export_parser, sub)
-    return [build_parser(), export_parser]
+    return [build_parser(), export_parser()]
 
 
 def cli_page() -> str:
     parts = ["# Command line", "",
              "Generated from the argument parsers (`training.cli.build_parser` and "
-             "`export.cli`) when the documentation is built. `keras-vit SUBCOMMAND --help` "
-             "prints the same.", ""]
+             "`export.cli.build_parser`) when the documentation is built. "
+             "`keras-vit SUBCOMMAND --help` prints the same.", ""]
     parts += [cli_reference(parser) for parser in cli_parsers()]
     return "\n".join(parts)
 

@@ -226,29 +226,3 @@ def format_predictions(rows: Sequence[dict], as_json: bool = False) -> str:
     return "\n".join(f"{row['file']}: " + ", ".join(
         f"{shown_label(name)} {p:.3f}" for name, p in zip(row["labels"], row["probabilities"]))
         for row in rows)
-
-
-def predict_inputs(args):
-    """``(MODEL, image paths)`` of ``predict MODEL IMAGE...`` (or the older ``--model-dir`` /
-    ``--server`` forms), checked without TensorFlow: a ValueError names a missing model, an
-    image file that cannot be read, or a bad ``--top-k``."""
-    spec = args.server or args.model_dir
-    paths = list(args.images)
-    if spec is None:
-        if len(paths) < 2:
-            raise ValueError("usage: predict MODEL IMAGE... (MODEL: " + KINDS + ")")
-        spec, paths = paths[0], paths[1:]
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be positive, got {args.top_k}")
-    model_kind(spec)
-    read_image_files(paths)
-    return spec, paths
-
-
-def run_predict_command(args) -> int:
-    """``predict MODEL IMAGE...`` (or the older ``--model-dir`` / ``--server`` forms)."""
-    spec, paths = predict_inputs(args)
-    rows = predict(spec, paths, top_k=args.top_k, architecture=args.architecture,
-                   server_model=args.name)
-    print(format_predictions(rows, args.json))
-    return 0

@@ -7,8 +7,8 @@ defaults before TensorFlow loads.
 import importlib
 
 _EXPORTS = {"RECIPES": "training.recipes", "Recipe": "training.recipes",
-            "RunConfig": "training.trainer", "TrainingError": "training.trainer",
-            "build_model": "training.trainer", "evaluate": "training.trainer",
+            "RunConfig": "training.run_config", "TrainingError": "training.run_config",
+            "build_model": "training.run_config", "evaluate": "training.steps",
             "train": "training.trainer"}
 
 __all__ = sorted(_EXPORTS)

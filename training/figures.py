@@ -283,3 +283,13 @@ def write_training_curves(run_dir: Optional[str]) -> Optional[str]:
         return None
     name = os.path.basename(run_dir.rstrip("/")) or run_dir
     return curves_figure(layout.curves, series, title=f"Training curves: {name}")
+
+
+def check_png_output(path: str) -> str:
+    """``path`` if it is a .png in an existing directory, else a ValueError naming it."""
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"output must be a .png file, got {path}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"cannot write {path}: directory {directory} does not exist")
+    return path

@@ -7,9 +7,6 @@ import dataclasses
 import math
 from typing import Optional
 
-# How many distinct unreadable images a run skips before it stops (--max-bad-images).
-DEFAULT_MAX_BAD_IMAGES = 100
-
 # The mixed-precision policies a run may use (``--precision``).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 

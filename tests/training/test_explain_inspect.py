@@ -13,7 +13,7 @@ from tests import reference_vit
 from tests.conftest import TINY, perturb
 from training import figures
 from training.cli import main
-from training.inspect_cli import per_class_accuracy
+from training.commands.evaluate import per_class_accuracy
 
 
 def _size(name):

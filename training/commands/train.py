@@ -1,0 +1,151 @@
+"""``keras-vit train`` (also ``python -m training``): train or fine-tune a ViT, or continue
+a run with ``--resume``; then verify the run's TF Serving export and classify a few test
+images with it."""
+from __future__ import annotations
+
+import os
+import time
+
+NAME = "train"
+HELP = "train or fine-tune (the main job)"
+
+
+def add_arguments(parser):
+    from training.distribute import STRATEGIES
+    from training.recipes import DEFAULT_MAX_BAD_IMAGES, PRECISIONS, RECIPES
+
+    # Defaults are None (filled in by _new_config) so that --resume can tell what was given.
+    parser.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="demo (default: tiny ViT on digits), finetune or pretrain")
+    parser.add_argument("--model", help="ViT_B16, R50_ViT_B16, ... or 'tiny'")
+    parser.add_argument("--weights", help="pretrained weights: .npz, .keras, .weights.h5 or "
+                                          "a published name (imagenet21k, ...)")
+    parser.add_argument("--dataset", help="digits, tfds:NAME, tfds:DIR (keras-vit prepare's "
+                                          "output) or folder:PATH")
+    parser.add_argument("--data-dir", help="TFDS data directory")
+    parser.add_argument("--train-split")
+    parser.add_argument("--test-split")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="global batch size")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--warmup-steps", type=int)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--strategy", choices=STRATEGIES, help="default: auto")
+    parser.add_argument("--tpu", help="TPU name or address (--strategy tpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: float32")
+    parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the step")
+    parser.add_argument("--output", help="run directory (default: runs/<recipe>-<time>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output from its last checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, help="default: 200 steps")
+    parser.add_argument("--seed", type=int, help="default: 0")
+    parser.add_argument("--no-export", action="store_true", help="skip the TF Serving export")
+    parser.add_argument("--max-bad-images", type=int,
+                        help="unreadable images skipped before the run stops "
+                             f"(default: {DEFAULT_MAX_BAD_IMAGES})")
+
+
+def check(args) -> None:
+    """The recipe's values, checked before TensorFlow loads (a ValueError naming the flag)."""
+    if not args.resume:
+        _new_recipe(args).validate()
+
+
+# What --resume may change: the length of the run (the learning-rate schedule is stretched to
+# the new length), checkpointing, the export, and where it runs and reads its data from.
+RESUME_MAY_CHANGE = ("steps", "epochs", "checkpoint_every", "no_export", "strategy", "tpu",
+                     "data_dir", "max_bad_images")
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _resume_config(args):
+    """The run's own config.json, with the few changes a resume may make."""
+    from training.run_config import load_run_config
+
+    if not args.output:
+        raise ValueError("--resume needs --output RUN_DIR")
+    given = [name for name, value in vars(args).items()
+             if name not in ("command", "resume", "output") and value not in (None, False)]
+    refused = [name for name in given if name not in RESUME_MAY_CHANGE]
+    if refused:
+        raise ValueError(f"--resume continues the run as its config.json says and cannot "
+                         f"change {', '.join(map(_flag, refused))}; it may change only "
+                         f"{', '.join(map(_flag, RESUME_MAY_CHANGE))}")
+    config = load_run_config(args.output)
+    config.recipe = config.recipe.replace(steps=args.steps, epochs=args.epochs)
+    config.checkpoint_every = args.checkpoint_every or config.checkpoint_every
+    config.export = config.export and not args.no_export
+    config.strategy = args.strategy or config.strategy
+    config.data_dir = args.data_dir or config.data_dir
+    if args.max_bad_images is not None:
+        config.max_bad_images = args.max_bad_images
+    return config
+
+
+def _new_recipe(args):
+    from training.recipes import RECIPES
+
+    return RECIPES[args.recipe or "demo"].replace(
+        model=args.model, dataset=args.dataset, image_size=args.image_size,
+        batch_size=args.batch_size, steps=args.steps, learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, epochs=args.epochs)
+
+
+def _new_config(args):
+    from training.run_config import RunConfig
+
+    recipe = _new_recipe(args)
+    output = args.output or os.path.join(
+        "runs", f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    optional = {name: getattr(args, name) for name in ("strategy", "precision",
+                                                       "checkpoint_every", "seed",
+                                                       "max_bad_images")
+                if getattr(args, name) is not None}
+    return RunConfig(recipe=recipe, output=output, jit_compile=args.jit_compile,
+                     weights=args.weights, data_dir=args.data_dir,
+                     train_split=args.train_split, test_split=args.test_split,
+                     export=not args.no_export, **optional)
+
+
+def run(args) -> int:
+    from training.distribute import make_strategy
+    from training.trainer import train
+
+    config = (_resume_config(args) if args.resume else _new_config(args)).validate()
+    strategy = make_strategy(config.strategy, args.tpu or "")  # before other TensorFlow work
+    result = train(config, strategy, resume=args.resume)
+    metrics = result["metrics"]
+    if "export" in metrics and not result.get("already_finished"):
+        _check_export(metrics["export"], result["model"], result["source"])
+    return 0
+
+
+def _check_export(version_dir, model, source):
+    """Verify the export as TF Serving loads it, then classify a few test images with it."""
+    import tensorflow as tf
+
+    from export.client import predict_saved_model
+    from export.verify import format_report, verify_export
+
+    report = verify_export(version_dir, model=model)
+    print(format_report(version_dir, report))
+    images, truth = [], []
+    for image, label in source.readable(source.test).take(4):
+        if image.dtype != tf.string:
+            image = tf.io.encode_png(tf.cast(image, tf.uint8))
+        images.append(image.numpy())
+        truth.append(source.labels[int(label)])
+    rows = predict_saved_model(version_dir, images)
+    from export.model_sources import shown_label
+    for i, (row, want) in enumerate(zip(rows, truth)):
+        names = row.get("labels") or [str(c) for c in row["classes"]]
+        print(f"  served prediction for test image {i}: {shown_label(names[0])} "
+              f"({row['scores'][0]:.3f}), true label {shown_label(want)}")
+    if not report["ok"]:
+        from training.run_config import TrainingError
+        raise TrainingError(f"the export {version_dir} failed verification (see above)")

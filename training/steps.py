@@ -1,0 +1,103 @@
+"""The step functions: the distributed training step (:func:`make_train_step`) and the
+distributed evaluation (:func:`evaluate`)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+import keras_vit
+from export.progress import Progress
+
+
+def _top_k_correct(labels, logits, k):
+    """How many of the labels are among the ``k`` predicted classes (a tie is no hit); a
+    label -1 (an image that could not be read) is no hit."""
+    hits = keras_vit.metrics.top_k_hits(tf.maximum(labels, 0), logits, k)
+    return tf.reduce_sum(tf.cast(tf.logical_and(hits, labels >= 0), tf.float32))
+
+
+def make_train_step(model, optimizer, strategy, global_batch_size: int,
+                    clip_global_norm: Optional[float] = None, loss_scaling: bool = False,
+                    jit_compile: bool = False):
+    """The distributed training step ``(images, labels) -> (mean loss, top-1 correct)``.
+
+    Loss averaged over the global batch; with ``clip_global_norm`` the gradient is clipped
+    by its global norm after the all-reduce, as the paper does, in every precision; with
+    ``loss_scaling`` the optimizer is a ``LossScaleOptimizer`` and the scaled gradient is
+    clipped at the scaled threshold (the same clip; a non-finite gradient stays non-finite,
+    so the optimizer still skips that step and lowers the scale).
+    """
+    replicas = strategy.num_replicas_in_sync
+
+    def step_fn(images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            per_example = keras.losses.sparse_categorical_crossentropy(
+                tf.maximum(labels, 0), logits, from_logits=True)
+            # Label -1: an image that could not be read (training.data.BadImages), in its
+            # place so that batches stay a function of (seed, step); it adds nothing.
+            per_example = tf.where(labels >= 0, per_example, tf.zeros_like(per_example))
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if clip_global_norm:
+            # Keras's optimizer sums gradients over replicas again, hence the division.
+            context = tf.distribute.get_replica_context()
+            if replicas > 1:
+                grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            threshold = clip_global_norm
+            if loss_scaling:
+                threshold = clip_global_norm * tf.cast(optimizer.dynamic_scale, tf.float32)
+            grads, _ = tf.clip_by_global_norm(grads, threshold)
+            if replicas > 1:
+                grads = [g / replicas for g in grads]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, _top_k_correct(labels, logits, 1)
+
+    @tf.function(jit_compile=jit_compile or None)
+    def replica_step(images, labels):
+        return step_fn(images, labels)
+
+    @tf.function
+    def train_step(images, labels):
+        loss, correct = strategy.run(replica_step, args=(images, labels))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+
+    return train_step
+
+
+def _evaluation_sums(model, images, labels):
+    """(summed loss, top-1 hits, top-5 hits, count) of a batch; label -1 marks padding."""
+    logits = tf.cast(model(images, training=False), tf.float32)
+    keep = labels >= 0
+    labels, logits = tf.boolean_mask(labels, keep), tf.boolean_mask(logits, keep)
+    loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                      from_logits=True))
+    return (loss, _top_k_correct(labels, logits, 1), _top_k_correct(labels, logits, 5),
+            tf.cast(tf.shape(labels)[0], tf.float32))
+
+
+def evaluate(model, dataset, strategy=None) -> dict:
+    """Top-1 / top-5 accuracy and mean loss of ``model`` on a batched dataset (with
+    ``strategy``: a distributed one, each replica evaluating its share)."""
+    strategy = strategy or tf.distribute.get_strategy()
+
+    @tf.function
+    def step(images, labels):
+        sums = strategy.run(lambda x, y: _evaluation_sums(model, x, y), args=(images, labels))
+        return tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None)
+                         for s in sums])
+
+    totals = tf.zeros([4])
+    progress = Progress(unit="batch")  # shown on a terminal
+    for images, labels in dataset:
+        totals += step(images, labels)  # summed on the device: one host sync at the end
+        progress.advance()
+    progress.close()
+    loss, top1, top5, count = (float(t) for t in totals.numpy())
+    count = max(count, 1.0)
+    return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count,
+            "num_examples": int(totals[3])}
