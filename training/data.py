@@ -459,14 +459,20 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     if per_batch is not None:
-        pipeline = input_context.input_pipeline_id if input_context is not None else 0
-        ds = ds.enumerate(start=skip_steps * replicas_here).map(
-            lambda index, batch: per_batch(*batch, tf.stack([
-                tf.cast(seed, tf.int64), index + (pipeline << 40)])),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = _mix_batches(ds, per_batch, seed, input_context, skip_steps * replicas_here)
     if num_steps is not None:
         ds = ds.take(num_steps * replicas_here)
     return ds.with_options(_options()).prefetch(tf.data.AUTOTUNE)
+
+
+def _mix_batches(ds, per_batch, seed, input_context, first_batch: int):
+    """``per_batch`` (training.augment.batch_mixer) on each batch, keyed by (seed, this
+    input pipeline, the batch's index in the epoch's batches of this pipeline)."""
+    pipeline = input_context.input_pipeline_id if input_context is not None else 0
+    return ds.enumerate(start=first_batch).map(
+        lambda index, batch: per_batch(*batch, tf.stack([
+            tf.cast(seed, tf.int64), index + (pipeline << 40)])),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _read_and_resize(read, image_size):
