@@ -127,3 +127,14 @@ def test_dry_run_prints_the_resolved_recipe_with_overrides(capsys):
     recipe = json.loads(capsys.readouterr().out)["recipe"]
     assert (recipe["classifier"], recipe["position_embedding"], recipe["mixup_alpha"]) == \
         ("gap", "sincos2d", 0.2)
+
+
+def test_bad_augmentation_flags_are_one_line_errors_naming_the_flag(capsys):
+    from training.cli import main
+    for flags, named in ((["--random-erasing", "2"], "--random-erasing"),
+                         (["--mixup-alpha", "-1"], "--mixup-alpha"),
+                         (["--rand-augment-magnitude", "11"], "--rand-augment-magnitude"),
+                         (["--position-embedding", "rope"], "--position-embedding")):
+        assert main(["train", "--recipe", "deit", *flags]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and named in lines[0], lines
