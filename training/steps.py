@@ -33,9 +33,12 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
     replicas = strategy.num_replicas_in_sync
 
     def step_fn(images, labels):
-        # Stochastic depth keyed by (seed, step): a resumed run drops the same branches.
-        step_seed = tf.stack([tf.constant(seed, tf.int64),
-                              tf.cast(optimizer.iterations, tf.int64)])
+        # Stochastic depth keyed by (seed, step, replica): a resumed run drops the same
+        # branches (keras_vit.layers.drop_path_seed).
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        step_seed = tf.random.experimental.stateless_fold_in(
+            tf.stack([tf.constant(seed, tf.int64), tf.cast(optimizer.iterations, tf.int64)]),
+            tf.cast(replica, tf.int64))
         with tf.GradientTape() as tape, keras_vit.layers.drop_path_seed(step_seed):
             logits = tf.cast(model(images, training=True), tf.float32)
             # Int labels or soft targets (Mixup, CutMix, smoothing: training.augment); label
