@@ -259,10 +259,10 @@ def mix_batch(images, targets, seed, *, mixup_alpha: float = 0.0, cutmix_alpha: 
     inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
     kept = 1.0 - tf.cast((bottom - top) * (right - left), tf.float32) / tf.cast(
         height * width, tf.float32)
-    cut = tf.where(inside[None], other, images)
-    mixed = lam * images + (1.0 - lam) * other
+    # One of the two is computed (each is a pass over the whole batch).
+    images = tf.cond(use_cutmix, lambda: tf.where(inside[None], other, images),
+                     lambda: lam * images + (1.0 - lam) * other)
     lam = tf.where(use_cutmix, kept, lam)
-    images = tf.where(use_cutmix, cut, mixed)
     targets = lam * targets + (1.0 - lam) * tf.reverse(targets, [0])
     return images, targets, lam, use_cutmix
 
