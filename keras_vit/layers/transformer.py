@@ -21,7 +21,12 @@ def drop_path_seed(seed):
     """Within this block, :class:`TransformerBlock` s called with ``training=True`` draw their
     stochastic-depth masks statelessly from ``seed`` (a [2] integer tensor, e.g. (run seed,
     step)) and the block's name, so a resumed run drops the same branches as an
-    uninterrupted one. Nothing is added to the model: its weights and files are unchanged."""
+    uninterrupted one. Nothing is added to the model: its weights and files are unchanged.
+
+    Args:
+        seed: a [2] integer tensor; the block is meant to wrap the model call inside a traced
+            training step (the seed is read when the blocks are traced).
+    """
     previous, _drop_path_seed[0] = _drop_path_seed[0], seed
     try:
         yield
