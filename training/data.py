@@ -5,8 +5,9 @@ resolution), the same function the TF Serving export uses. Training adds the ori
 augmentation (inception crop + random horizontal flip) before it, with stateless random ops
 keyed by (seed + epoch, position in the epoch's order): a resumed run sees exactly the crops
 the uninterrupted one would have. The from-scratch recipes (deit, plain) add RandAugment,
-random erasing and Mixup / CutMix (:mod:`training.augment`), keyed the same way. Each worker of a multi-worker run reads, decodes and
-evaluates only its own share (shard by position before reading: by file for folders).
+random erasing and Mixup / CutMix (:mod:`training.augment`), keyed the same way. Each worker
+of a multi-worker run reads, decodes and evaluates only its own share (shard by position
+before reading: by file for folders).
 """
 from __future__ import annotations
 
