@@ -78,7 +78,7 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         std_conv_epsilon_in_sqrt: Optional[bool] = None, class_token: Optional[bool] = None,
         num_register_tokens: int = 0, embed_prefix: bool = True, layer_scale: bool = False,
         pre_norm: bool = False, patch_bias: bool = True,
-        fc_norm: bool = False) -> keras.Model:
+        fc_norm: bool = False, position_embedding: str = "learned") -> keras.Model:
     """Builds a Vision Transformer (or, with ``resnet_stages``, a ResNet+ViT hybrid).
 
     The model takes images (batch, H, W, channels): raw pixels in [0, 255] when
@@ -102,14 +102,14 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
             token unless ``class_token``), ``"map"`` (multi-head attention pooling, SigLIP)
             or ``"distilled"`` (DeiT distilled: class and distillation tokens, two heads
             whose logits are averaged, as its authors do at inference).
+        position_embedding: ``"learned"`` or ``"sincos2d"`` (fixed, arXiv 2205.01580).
         representation_size: width of a pre-logits ``Dense + tanh`` layer; None: none.
         mean, std, interpolation: the weights' input statistics (per channel, [0, 1] scale;
             None: 0.5, the original's) and resize method (:mod:`keras_vit.preprocessing`).
         dropout_rate, attention_dropout_rate, drop_path_rate: dropout after the position
             embeddings and dense layers; on the attention probabilities; stochastic depth of
             the last block (growing linearly from 0 at the first).
-        channels, dtype, name: input channels; the layers' dtype policy (the head is float32
-            under every policy); the model's name.
+        channels, dtype, name: input channels; the layers' dtype policy (head: float32); name.
         gelu, layer_norm_epsilon, group_norm_epsilon, std_conv_epsilon,
             std_conv_epsilon_in_sqrt: the numerics (:mod:`keras_vit.sources`); None: those of
             the source of ``weights`` (timm, transformers), else the original's.
@@ -148,7 +148,7 @@ def _build(a: dict) -> keras.Model:
     preprocessing = ((a["mean"], a["std"], a["interpolation"]) if a["include_preprocessing"]
                      else None)
     x = _stem(inputs, config, a["channels"], preprocessing, numerics, dtype)
-    x = _encoder(x, config, grid, prefix, rates, numerics, dtype)
+    x = _encoder(x, config, grid, prefix, rates, numerics, dtype, a["position_embedding"])
     x = _top(x, dict(a, config=config, prefix=prefix, numerics=numerics))
     return ViTModel(inputs, x, name=a["name"])
 
@@ -237,7 +237,8 @@ def _stem(inputs, config: ViTConfig, channels, preprocessing, numerics, dtype):
     return x
 
 
-def _encoder(x, config: ViTConfig, grid, prefix, rates, numerics, dtype):
+def _encoder(x, config: ViTConfig, grid, prefix, rates, numerics, dtype,
+             position_embedding="learned"):
     """Patch embedding, position embeddings, the Transformer blocks and the final norm
     (after the pooling instead with ``fc_norm``)."""
     x = Patches(config.patch_size, config.hidden_size, use_bias=config.patch_bias,
@@ -246,7 +247,8 @@ def _encoder(x, config: ViTConfig, grid, prefix, rates, numerics, dtype):
                      dropout_rate=rates["dropout_rate"], name="posembed_input", dtype=dtype,
                      num_register_tokens=config.num_register_tokens,
                      distillation_token=prefix["distilled"],
-                     embed_prefix=config.embed_prefix)(x)
+                     embed_prefix=config.embed_prefix,
+                     position_embedding=position_embedding)(x)
     if config.pre_norm:
         x = keras.layers.LayerNormalization(epsilon=numerics["layer_norm_epsilon"],
                                             name="pre_norm", dtype=dtype)(x)

@@ -80,3 +80,25 @@ def resize_position_embeddings(posemb: np.ndarray, new_grid: Grid, num_prefix_to
                                       dtype=tf.float32), new_grid).numpy()
     resized = resized.reshape(1, new_grid[0] * new_grid[1], dim).astype(posemb.dtype)
     return np.concatenate([prefix, resized], axis=1)
+
+
+def sincos_2d_position_embeddings(grid_h, grid_w, width: int, temperature: float = 10_000.0,
+                                  dtype=tf.float32) -> tf.Tensor:
+    """Fixed 2-D sine-cosine position embeddings, (1, grid_h * grid_w, width), row-major.
+
+    As big_vision's ``posemb_sincos_2d`` (the plain-ViT baselines, arXiv 2205.01580): a
+    quarter of the channels each for sin(x), cos(x), sin(y), cos(y), x the column and y the
+    row, at frequencies ``temperature ** -(i / (width / 4 - 1))``. Nothing is learned: any
+    grid (``grid_h``, ``grid_w`` may be tensors known only at run time) gets its own.
+    """
+    if width % 4:
+        raise ValueError(f"sin-cos 2-D position embeddings need a width divisible by 4, "
+                         f"got {width}")
+    quarter = width // 4
+    omega = tf.range(quarter, dtype=tf.float32) / max(quarter - 1, 1)
+    omega = 1.0 / (temperature ** omega)
+    rows, cols = tf.meshgrid(tf.range(grid_h), tf.range(grid_w), indexing="ij")
+    y = tf.cast(tf.reshape(rows, [-1]), tf.float32)[:, None] * omega[None]
+    x = tf.cast(tf.reshape(cols, [-1]), tf.float32)[:, None] * omega[None]
+    table = tf.concat([tf.sin(x), tf.cos(x), tf.sin(y), tf.cos(y)], axis=1)
+    return tf.cast(table[None], dtype)

@@ -4,8 +4,10 @@ Every image goes through :func:`keras_vit.preprocess_image` (decode, resize to t
 resolution), the same function the TF Serving export uses. Training adds the original's
 augmentation (inception crop + random horizontal flip) before it, with stateless random ops
 keyed by (seed + epoch, position in the epoch's order): a resumed run sees exactly the crops
-the uninterrupted one would have. Each worker of a multi-worker run reads, decodes and
-evaluates only its own share (shard by position before reading: by file for folders).
+the uninterrupted one would have. The from-scratch recipes (deit, plain) add RandAugment,
+random erasing and Mixup / CutMix (:mod:`training.augment`), keyed the same way. Each worker
+of a multi-worker run reads, decodes and evaluates only its own share (shard by position
+before reading: by file for folders).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import tensorflow as tf
 
 from keras_vit import preprocess_image
 from keras_vit.preprocessing import _MAGIC, _pixel_check, decode_image
+from training.augment import batch_mixer, image_augmenter
 from training.recipes import DEFAULT_MAX_BAD_IMAGES
 
 # How a dataset written by keras-vit prepare describes itself (its dataset_info.json).
@@ -415,8 +418,14 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
                         read: Optional[Callable] = None, skip_steps: int = 0,
                         num_steps: Optional[int] = None, input_context=None,
                         shuffle_buffer: int = 10_000,
-                        bad_images: Optional[BadImages] = None) -> tf.data.Dataset:
+                        bad_images: Optional[BadImages] = None, augment=None,
+                        num_classes: Optional[int] = None) -> tf.data.Dataset:
     """One epoch of shuffled, augmented (float32 pixels in [0, 255], int64 labels) batches.
+
+    ``augment`` (a :class:`training.recipes.Recipe`) adds its from-scratch augmentations
+    (:mod:`training.augment`): RandAugment and random erasing per image, keyed like the crop;
+    label smoothing, Mixup and CutMix per batch, keyed by (``seed``, input pipeline, batch
+    index); the labels are then (batch, ``num_classes``) float32 soft targets.
 
     The order and every augmentation are functions of ``seed`` (the run's seed + epoch) and
     the example's position in that order, whatever the number of workers and wherever the
@@ -425,6 +434,9 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
     (tf.distribute) is given; a step takes one batch per replica. An image that cannot be
     read or decoded keeps its place with label -1 (see :func:`_map_skipping_bad`).
     """
+    per_image = image_augmenter(augment) if augment is not None else None
+    per_batch = batch_mixer(augment, num_classes) if augment is not None else None
+
     @_no_autograph
     def prepare(position, item, label):
         if crop_area_min is not None or flip:
@@ -438,6 +450,8 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
         image = preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, keys[1])
+        if per_image is not None:
+            image = per_image(image, tf.stack([tf.cast(seed, tf.int64), position]))
         return image, label
 
     replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
@@ -453,9 +467,21 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
         ds = ds.map(lambda position, example: prepare(position, *example),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
+    if per_batch is not None:
+        ds = _mix_batches(ds, per_batch, seed, input_context, skip_steps * replicas_here)
     if num_steps is not None:
         ds = ds.take(num_steps * replicas_here)
     return ds.with_options(_options()).prefetch(tf.data.AUTOTUNE)
+
+
+def _mix_batches(ds, per_batch, seed, input_context, first_batch: int):
+    """``per_batch`` (training.augment.batch_mixer) on each batch, keyed by (seed, this
+    input pipeline, the batch's index in the epoch's batches of this pipeline)."""
+    pipeline = input_context.input_pipeline_id if input_context is not None else 0
+    return ds.enumerate(start=first_batch).map(
+        lambda index, batch: per_batch(*batch, tf.stack([
+            tf.cast(seed, tf.int64), index + (pipeline << 40)])),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _read_and_resize(read, image_size):

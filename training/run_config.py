@@ -136,8 +136,17 @@ def model_architecture(model: str) -> keras_vit.ViTConfig:
 def build_model(recipe: Recipe, num_classes: int, weights: Optional[str] = None):
     """The recipe's model with a fresh (zero) head for ``num_classes``."""
     common = dict(image_size=recipe.image_size, num_classes=num_classes,
-                  dropout_rate=recipe.dropout_rate)
+                  dropout_rate=recipe.dropout_rate, **from_scratch_model_options(recipe))
     model_architecture(recipe.model)
     if recipe.model == "tiny":
         return keras_vit.ViT(**TINY_MODEL, **common, weights=weights, name="vit_tiny")
     return getattr(keras_vit, recipe.model)(weights=weights, **common)
+
+
+def from_scratch_model_options(recipe: Recipe) -> dict:
+    """The model options a from-scratch recipe sets (deit: stochastic depth; plain: "gap",
+    "sincos2d"); none for the other recipes, whose models are built exactly as before."""
+    options = dict(classifier=recipe.classifier, drop_path_rate=recipe.drop_path_rate,
+                   position_embedding=recipe.position_embedding)
+    defaults = dict(classifier="token", drop_path_rate=0.0, position_embedding="learned")
+    return {key: value for key, value in options.items() if value != defaults[key]}

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import keras_vit
 from export.progress import Progress
+from training.losses import hard_labels, per_example_loss
 
 
 def _top_k_correct(labels, logits, k):
@@ -20,7 +21,7 @@ def _top_k_correct(labels, logits, k):
 
 def make_train_step(model, optimizer, strategy, global_batch_size: int,
                     clip_global_norm: Optional[float] = None, loss_scaling: bool = False,
-                    jit_compile: bool = False):
+                    jit_compile: bool = False, seed: int = 0):
     """The distributed training step ``(images, labels) -> (mean loss, top-1 correct)``.
 
     Loss averaged over the global batch; with ``clip_global_norm`` the gradient is clipped
@@ -32,13 +33,18 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
     replicas = strategy.num_replicas_in_sync
 
     def step_fn(images, labels):
-        with tf.GradientTape() as tape:
+        # Stochastic depth keyed by (seed, step, replica): a resumed run drops the same
+        # branches (keras_vit.layers.drop_path_seed).
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        step_seed = tf.random.experimental.stateless_fold_in(
+            tf.stack([tf.constant(seed, tf.int64), tf.cast(optimizer.iterations, tf.int64)]),
+            tf.cast(replica, tf.int64))
+        with tf.GradientTape() as tape, keras_vit.layers.drop_path_seed(step_seed):
             logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(
-                tf.maximum(labels, 0), logits, from_logits=True)
-            # Label -1: an image that could not be read (training.data.BadImages), in its
-            # place so that batches stay a function of (seed, step); it adds nothing.
-            per_example = tf.where(labels >= 0, per_example, tf.zeros_like(per_example))
+            # Int labels or soft targets (Mixup, CutMix, smoothing: training.augment); label
+            # -1, an image that could not be read (training.data.BadImages), kept in its
+            # place so that batches stay a function of (seed, step), adds nothing.
+            per_example = per_example_loss(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
@@ -54,7 +60,7 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
             if replicas > 1:
                 grads = [g / replicas for g in grads]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, _top_k_correct(labels, logits, 1)
+        return loss, _top_k_correct(hard_labels(labels), logits, 1)
 
     @tf.function(jit_compile=jit_compile or None)
     def replica_step(images, labels):

@@ -105,7 +105,8 @@ def _distributed_epoch(run: Run, epoch: int, first_step: int):
             context.get_per_replica_batch_size(recipe.batch_size), seed=run.config.seed + epoch,
             crop_area_min=recipe.crop_area_min, flip=recipe.flip, read=run.source.read,
             skip_steps=first_step, num_steps=run.steps_per_epoch - first_step,
-            input_context=context, bad_images=run.bad_images)
+            input_context=context, bad_images=run.bad_images, augment=recipe,
+            num_classes=run.source.num_classes)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -115,7 +116,8 @@ def _train_loop(run: Run, state: State) -> dict:
     config, recipe = run.config, run.recipe
     train_step = make_train_step(state.model, state.optimizer, run.strategy, recipe.batch_size,
                                  clip_global_norm=recipe.clip_global_norm,
-                                 loss_scaling=run.loss_scaling, jit_compile=config.jit_compile)
+                                 loss_scaling=run.loss_scaling, jit_compile=config.jit_compile,
+                                 seed=config.seed)
     guard = Guard(run, state)
     writer = tf.summary.create_file_writer(os.path.join(run.layout.logs, "train")) \
         if run.is_chief else tf.summary.create_noop_writer()

@@ -1,11 +1,15 @@
-"""Prefix tokens (class, distillation, registers) + learned position embeddings,
-interpolated at run time for other grids."""
+"""Prefix tokens (class, distillation, registers) + position embeddings: learned ones
+(interpolated at run time for other grids) or fixed 2-D sin-cos ones (computed for each
+grid)."""
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
-from keras_vit.position_embeddings import resize_grid, to_pair
+from keras_vit.position_embeddings import (resize_grid, sincos_2d_position_embeddings,
+                                          to_pair)
+
+POSITION_EMBEDDINGS = ("learned", "sincos2d")
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -37,13 +41,21 @@ class PatchEncoder(keras.layers.Layer):
         num_register_tokens: register tokens (DINOv2 with registers), among the prefix.
         distillation_token: a distillation token (DeiT distilled), among the prefix.
         embed_prefix: the position embeddings have entries for the prefix tokens.
+        position_embedding: ``"learned"`` (the paper's) or ``"sincos2d"``: fixed 2-D sin-cos
+            embeddings of the patches (the plain-ViT baselines, arXiv 2205.01580), no
+            weight, computed for the grid of each input; prefix tokens then get none.
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, grid_size, hidden_size: int, num_prefix_tokens: int = 1,
                  dropout_rate: float = 0.0, num_register_tokens: int = 0,
-                 distillation_token: bool = False, embed_prefix: bool = True, **kwargs):
+                 distillation_token: bool = False, embed_prefix: bool = True,
+                 position_embedding: str = "learned", **kwargs):
         super().__init__(**kwargs)
+        if position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got "
+                             f"{position_embedding!r}")
+        self.position_embedding = position_embedding
         self.grid_size = to_pair(grid_size, "grid_size")
         self.hidden_size = int(hidden_size)
         self.num_register_tokens = int(num_register_tokens)
@@ -68,10 +80,14 @@ class PatchEncoder(keras.layers.Layer):
         if self.class_token:
             self.cls = self.add_weight(name="cls", shape=(1, 1, self.hidden_size),
                                        initializer="zeros")
-        num = self.position_prefix_tokens + self.grid_size[0] * self.grid_size[1]
-        self.pos_embedding = self.add_weight(
-            name="pos_embedding", shape=(1, num, self.hidden_size),
-            initializer=keras.initializers.RandomNormal(stddev=0.02))
+        self.pos_embedding = None
+        if self.position_embedding == "sincos2d":
+            sincos_2d_position_embeddings(1, 1, self.hidden_size)  # checks the width
+        else:
+            num = self.position_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+            self.pos_embedding = self.add_weight(
+                name="pos_embedding", shape=(1, num, self.hidden_size),
+                initializer=keras.initializers.RandomNormal(stddev=0.02))
         self.dist = self.registers = None
         if self.distillation_token:
             self.dist = self.add_weight(name="dist", shape=(1, 1, self.hidden_size),
@@ -94,6 +110,11 @@ class PatchEncoder(keras.layers.Layer):
 
     def position_embeddings_for(self, grid_h, grid_w):
         """The (1, prefix + grid_h * grid_w, D) position embeddings for a (h, w) grid."""
+        if self.pos_embedding is None:  # sincos2d: zeros for the prefix tokens
+            table = sincos_2d_position_embeddings(grid_h, grid_w, self.hidden_size,
+                                                  dtype=self.compute_dtype)
+            prefix = tf.zeros((1, self.position_prefix_tokens, self.hidden_size), table.dtype)
+            return tf.concat([prefix, table], axis=1)
         pos = tf.cast(self.pos_embedding, self.compute_dtype)
         gh, gw = self.grid_size
         if isinstance(grid_h, int) and isinstance(grid_w, int) and (grid_h, grid_w) == (gh, gw):
@@ -144,4 +165,6 @@ class PatchEncoder(keras.layers.Layer):
             config.update(num_register_tokens=self.num_register_tokens,
                           distillation_token=self.distillation_token,
                           embed_prefix=self.embed_prefix)
+        if self.position_embedding != "learned":  # existing models' configs unchanged
+            config["position_embedding"] = self.position_embedding
         return config

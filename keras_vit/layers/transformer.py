@@ -1,13 +1,37 @@
 """The pre-LN Transformer encoder block of the paper (eq. 2-3), written to run fast on CPU."""
 from __future__ import annotations
 
+import contextlib
 import math
+import zlib
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_vit.runtime import warn_if_training_with_frozen_weights
+
+# The seed (int64 [2] tensor) of the stochastic-depth masks while a training step is traced
+# (see drop_path_seed); None: the stateful global generator, as before.
+_drop_path_seed = [None]
+
+
+@contextlib.contextmanager
+def drop_path_seed(seed):
+    """Within this block, :class:`TransformerBlock` s called with ``training=True`` draw their
+    stochastic-depth masks statelessly from ``seed`` (a [2] integer tensor, e.g. (run seed,
+    step)) and the block's name, so a resumed run drops the same branches as an
+    uninterrupted one. Nothing is added to the model: its weights and files are unchanged.
+
+    Args:
+        seed: a [2] integer tensor; the block is meant to wrap the model call inside a traced
+            training step (the seed is read when the blocks are traced).
+    """
+    previous, _drop_path_seed[0] = _drop_path_seed[0], seed
+    try:
+        yield
+    finally:
+        _drop_path_seed[0] = previous
 
 
 def layer_norm(x, gamma, beta, epsilon, float32_statistics: bool = True):
@@ -208,12 +232,19 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_dropout.build(None)
         self.dropout.build(None)
 
-    def _drop_path(self, branch, batch, tokens, training):
+    def _drop_path(self, branch, batch, tokens, training, which: int):
         """Stochastic depth: drop the whole residual branch per example."""
         if not training or self.drop_path_rate <= 0.0:
             return branch
         keep = 1.0 - self.drop_path_rate
-        mask = tf.floor(keep + tf.random.uniform((batch, 1), dtype=tf.float32))
+        seed = _drop_path_seed[0]
+        if seed is None:
+            noise = tf.random.uniform((batch, 1), dtype=tf.float32)
+        else:
+            key = tf.random.experimental.stateless_fold_in(
+                tf.cast(seed, tf.int64), zlib.crc32(self.name.encode()) * 2 + which)
+            noise = tf.random.stateless_uniform((batch, 1), key, dtype=tf.float32)
+        mask = tf.floor(keep + noise)
         mask = tf.repeat(tf.cast(mask / keep, branch.dtype), tokens, axis=0)
         return branch * mask
 
@@ -253,7 +284,7 @@ class TransformerBlock(keras.layers.Layer):
         attended = tf.reshape(tf.transpose(attended, (0, 2, 1, 3)), (-1, dim))
         branch = tf.nn.bias_add(tf.matmul(attended, w(self.out_kernel)), w(self.out_bias))
         branch = self._scaled(self.dropout(branch, training=training), self.ls1_gamma)
-        stream = stream + self._drop_path(branch, batch, tokens, training)
+        stream = stream + self._drop_path(branch, batch, tokens, training, 0)
 
         # MLP branch.
         h = layer_norm(stream, self.ln2_gamma, self.ln2_beta, self.layer_norm_epsilon,
@@ -262,7 +293,7 @@ class TransformerBlock(keras.layers.Layer):
         h = self.dropout(gelu(h, self.gelu, training), training=training)
         branch = tf.nn.bias_add(tf.matmul(h, w(self.mlp2_kernel)), w(self.mlp2_bias))
         branch = self._scaled(self.dropout(branch, training=training), self.ls2_gamma)
-        stream = stream + self._drop_path(branch, batch, tokens, training)
+        stream = stream + self._drop_path(branch, batch, tokens, training, 1)
 
         out = tf.reshape(stream, (batch, tokens, dim))
         return tf.ensure_shape(out, static_shape)

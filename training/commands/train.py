@@ -16,7 +16,8 @@ def add_arguments(parser):
 
     # Defaults are None (filled in by _new_config) so that --resume can tell what was given.
     parser.add_argument("--recipe", choices=sorted(RECIPES),
-                        help="demo (default: tiny ViT on digits), finetune or pretrain")
+                        help="demo (default: tiny ViT on digits), finetune, pretrain, or "
+                             "from scratch: deit, plain")
     parser.add_argument("--model", help="ViT_B16, R50_ViT_B16, ... or 'tiny'")
     parser.add_argument("--weights", help="pretrained weights: .npz, .keras, .weights.h5 or "
                                           "a published name (imagenet21k, ...)")
@@ -45,6 +46,11 @@ def add_arguments(parser):
     parser.add_argument("--max-bad-images", type=int,
                         help="unreadable images skipped before the run stops "
                              f"(default: {DEFAULT_MAX_BAD_IMAGES})")
+    from training.recipes import FROM_SCRATCH_FLAGS
+    for field, kind, text in FROM_SCRATCH_FLAGS:  # augmentation and model options
+        parser.add_argument(_flag(field), type=kind, help=text)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved run configuration (JSON) and exit")
 
 
 def check(args) -> None:
@@ -70,7 +76,8 @@ def _resume_config(args):
     if not args.output:
         raise ValueError("--resume needs --output RUN_DIR")
     given = [name for name, value in vars(args).items()
-             if name not in ("command", "resume", "output") and value not in (None, False)]
+             if name not in ("command", "resume", "output", "dry_run")
+             and value not in (None, False)]
     refused = [name for name in given if name not in RESUME_MAY_CHANGE]
     if refused:
         raise ValueError(f"--resume continues the run as its config.json says and cannot "
@@ -88,12 +95,13 @@ def _resume_config(args):
 
 
 def _new_recipe(args):
-    from training.recipes import RECIPES
+    from training.recipes import FROM_SCRATCH_FLAGS, RECIPES
 
     return RECIPES[args.recipe or "demo"].replace(
         model=args.model, dataset=args.dataset, image_size=args.image_size,
         batch_size=args.batch_size, steps=args.steps, learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, epochs=args.epochs)
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, epochs=args.epochs,
+        **{field: getattr(args, field) for field, _, _ in FROM_SCRATCH_FLAGS})
 
 
 def _new_config(args):
@@ -117,6 +125,9 @@ def run(args) -> int:
     from training.trainer import train
 
     config = (_resume_config(args) if args.resume else _new_config(args)).validate()
+    if args.dry_run:
+        print(config.to_json())
+        return 0
     strategy = make_strategy(config.strategy, args.tpu or "")  # before other TensorFlow work
     result = train(config, strategy, resume=args.resume)
     metrics = result["metrics"]
