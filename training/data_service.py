@@ -26,6 +26,7 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+import time
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -35,6 +36,7 @@ PROCESSING_MODE = "distributed_epoch"
 # examples are then given up and the epoch can end (TensorFlow's default is an hour).
 WORKER_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 10.0
+DISPATCHER_WAIT_S = 60.0
 _DISPATCHER_SERVICE = "/tensorflow.data.DispatcherService/"
 
 
@@ -73,14 +75,25 @@ def check_port(port: int, flag: str = "--port") -> int:
     return port
 
 
-def probe_dispatcher(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> List[str]:
+def probe_dispatcher(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S,
+                     wait: float = 0.0) -> List[str]:
     """The addresses of the workers registered with the dispatcher at ``host:port``; a
     one-line :class:`DataServiceError` within about ``timeout`` seconds when nothing answers
     there or what answers is not a tf.data dispatcher (TensorFlow's own client retries for
-    an hour)."""
+    an hour). A refused connection is retried for ``wait`` seconds."""
     import grpc
 
     address = f"{host}:{port}"
+    deadline = time.monotonic() + wait
+    while True:  # a refused connection or an unknown host: said at once (after ``wait``)
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            break
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise DataServiceError(f"cannot reach a tf.data service dispatcher at "
+                                       f"{address}: {error.strerror or error}") from None
+            time.sleep(0.5)
     with grpc.insecure_channel(address) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
@@ -163,7 +176,9 @@ def serve_worker(dispatcher: str, port: int, address: Optional[str] = None) -> i
     """Runs a worker for the dispatcher at ``dispatcher`` (HOST:PORT) until SIGTERM or
     Ctrl-C; trainers reach it at ``address`` (default: this host's name)."""
     host, dispatcher_port = parse_address(dispatcher, "--dispatcher")
-    probe_dispatcher(host, dispatcher_port)  # TensorFlow's worker would retry for ever
+    # TensorFlow's worker would retry for ever; this waits a minute for a dispatcher that
+    # is starting at the same time, then says so.
+    probe_dispatcher(host, dispatcher_port, wait=DISPATCHER_WAIT_S)
     import tensorflow as tf
 
     service = tf.data.experimental.service
@@ -174,6 +189,18 @@ def serve_worker(dispatcher: str, port: int, address: Optional[str] = None) -> i
           f"for the dispatcher at {host}:{dispatcher_port}; Ctrl-C or SIGTERM stops it",
           flush=True)
     return _serve_until_stopped(server, "worker")
+
+
+def check_reachable(address: str) -> List[str]:
+    """The workers of the dispatcher at ``address`` (``grpc://HOST:PORT``); a one-line
+    :class:`DataServiceError` when it cannot be reached or has no worker."""
+    host, port = parse_address(address, "--data-service", scheme=True)
+    workers = probe_dispatcher(host, port)
+    if not workers:
+        raise DataServiceError(f"no worker is registered with the dispatcher at {host}:{port}:"
+                               f" start one with keras-vit data-service worker --dispatcher "
+                               f"{host}:{port}")
+    return workers
 
 
 class Tally:
@@ -210,12 +237,7 @@ class ServiceInput:
 
         config, source = run.config, run.source
         self.run = run
-        host, port = parse_address(config.data_service, "--data-service", scheme=True)
-        self.workers = probe_dispatcher(host, port)
-        if not self.workers:
-            raise DataServiceError(f"no worker is registered with the dispatcher at "
-                                   f"{host}:{port}: start one with keras-vit data-service "
-                                   f"worker --dispatcher {host}:{port}")
+        self.workers = check_reachable(config.data_service)
         self.items, self.labels = tf.data.Dataset.get_single_element(
             source.train.batch(source.num_train))
         self.tally = Tally(source.num_classes)

@@ -207,7 +207,10 @@ def _finish(run: Run, state: State, loop: dict) -> dict:
         metrics["data_service"] = run.service_input.summary()
     if run.is_chief:
         _write_outputs(run, state.model, metrics)
-    return {"metrics": metrics, "model": state.model, "source": source}
+    result = {"metrics": metrics, "model": state.model, "source": source}
+    if getattr(run, "service_input", None) is not None:
+        result["data_service_tally"] = run.service_input.tally  # what each label received
+    return result
 
 
 def _write_labels(run: Run) -> None:

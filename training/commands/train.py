@@ -128,6 +128,9 @@ def run(args) -> int:
     from training.trainer import train
 
     config = (_resume_config(args) if args.resume else _new_config(args)).validate()
+    if config.data_service:  # before anything is written: a bounded, one-line error
+        from training.data_service import check_reachable
+        check_reachable(config.data_service)
     strategy = make_strategy(config.strategy, args.tpu or "")  # before other TensorFlow work
     result = train(config, strategy, resume=args.resume)
     metrics = result["metrics"]
