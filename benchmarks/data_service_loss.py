@@ -2,7 +2,9 @@
 training example labelled with its own index, so every example the trainer receives is
 known) through a dispatcher and two workers on 127.0.0.1 (``keras-vit data-service``
 subprocesses), once with both workers to the end and once with one worker killed (SIGKILL)
-once the trainer has received ``--kill-after`` of the epoch's examples. Counts, per run,
+once the trainer has received ``--kill-after`` of the epoch's examples and started again at
+the same address at once (TensorFlow 2.21's trainer waits for a lost worker at the end of
+the epoch; a worker that never comes back stalls it). Counts, per run,
 the examples received twice or more and those never received, against the epoch's order,
 and the run's wall time and examples/s.
 
@@ -24,6 +26,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_server(args, log_path, timeout=120):
@@ -71,8 +80,10 @@ def one_run(work, name, epochs, kill_after):
 
     os.makedirs(work, exist_ok=True)
     dispatcher, port = start_server(["dispatcher", "--port", "0"], f"{work}/{name}-d.log")
-    workers = [start_server(["worker", "--dispatcher", f"127.0.0.1:{port}", "--address",
-                             "127.0.0.1"], f"{work}/{name}-w{i}.log")[0] for i in (1, 2)]
+    worker_args = [["worker", "--dispatcher", f"127.0.0.1:{port}", "--address", "127.0.0.1",
+                    "--port", str(free_port())] for _ in (1, 2)]
+    workers = [start_server(args, f"{work}/{name}-w{i}.log")[0]
+               for i, args in enumerate(worker_args, 1)]
     source = indexed_digits()
     recipe = RECIPES["demo"].replace(epochs=epochs, warmup_steps=2)
     steps_per_epoch = source.num_train // recipe.batch_size
@@ -85,7 +96,14 @@ def one_run(work, name, epochs, kill_after):
         if kill_after is not None and "at_examples" not in killed and \
                 tally.label_counts.sum() >= kill_after * steps_per_epoch * recipe.batch_size:
             workers[1].send_signal(signal.SIGKILL)
+            workers[1].wait()
             killed["at_examples"] = int(tally.label_counts.sum())
+            # The same worker started again at its address: what TensorFlow 2.21 needs for
+            # the epoch to end (a worker that never comes back holds the epoch's end).
+            workers[1] = subprocess.Popen(
+                [sys.executable, "-m", "training.cli", "data-service", *worker_args[1]],
+                cwd=ROOT, stdout=open(f"{work}/{name}-w2-restarted.log", "w"),
+                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ROOT})
         return True
 
     data_service.Tally.add = add_and_maybe_kill

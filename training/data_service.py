@@ -5,9 +5,10 @@ augmentation run on the service's workers instead of the training host.
 
 Processing mode: ``distributed_epoch`` (``ShardingPolicy.DYNAMIC``). The dispatcher hands
 out the epoch's examples (in the epoch's shuffled order) to whichever worker asks next, so
-slow and fast workers share the load, workers may join mid-run, and losing one does not stop
-the run: tf.data promises at most once per epoch, so the examples the lost worker held are
-never seen in that epoch (counted in ``metrics.json``). ``parallel_epochs`` (``OFF``) would
+slow and fast workers share the load and workers may join mid-run. tf.data promises at most
+once per epoch: the examples a lost worker held are never seen in that epoch (counted in
+``metrics.json``). TensorFlow 2.21's trainer waits at the end of the epoch for a lost
+worker: started again at the same address, it lets the epoch end. ``parallel_epochs`` (``OFF``) would
 have every worker produce the whole epoch (each example once per worker); the static
 policies (``FILE``/``DATA``) need a fixed list of workers and wait for a lost one to come
 back.
@@ -32,8 +33,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 PROCESSING_MODE = "distributed_epoch"
-# The dispatcher drops a worker that has not sent a heartbeat for this long; its unfinished
-# examples are then given up and the epoch can end (TensorFlow's default is an hour).
+# The dispatcher counts a worker that has not sent a heartbeat for this long as lost
+# (TensorFlow's default: an hour).
 WORKER_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 10.0
 DISPATCHER_WAIT_S = 60.0
