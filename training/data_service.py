@@ -8,8 +8,8 @@ out the epoch's examples (in the epoch's shuffled order) to whichever worker ask
 slow and fast workers share the load and workers may join mid-run. tf.data promises at most
 once per epoch: the examples a lost worker held are never seen in that epoch (counted in
 ``metrics.json``). TensorFlow 2.21's trainer waits at the end of the epoch for a lost
-worker: started again at the same address, it lets the epoch end. ``parallel_epochs`` (``OFF``) would
-have every worker produce the whole epoch (each example once per worker); the static
+worker: started again at the same address, it lets the epoch end. ``parallel_epochs``
+(``OFF``) would have every worker produce the whole epoch (each example once per worker); the static
 policies (``FILE``/``DATA``) need a fixed list of workers and wait for a lost one to come
 back.
 
