@@ -67,11 +67,19 @@ def cli_reference(parser: argparse.ArgumentParser) -> str:
     out = [f"## `{parser.prog}`", "", parser.description or "", "",
            "```text", _usage(parser), "```", ""]
     for name, sub, help_text in _subcommands(parser):
-        out += [f"### `{parser.prog} {name}`", "", _cell(help_text), "",
-                "```text", _usage(sub), "```", "",
-                "| argument | value | default | description |", "|---|---|---|---|",
-                *_argument_rows(sub), ""]
+        out += _subcommand_section(f"{parser.prog} {name}", sub, help_text)
     return "\n".join(out)
+
+
+def _subcommand_section(title: str, sub: argparse.ArgumentParser, help_text: str) -> list:
+    """One subcommand's usage and arguments, then its own subcommands' (``keras-vit
+    data-service dispatcher``), each a section."""
+    out = [f"### `{title}`", "", _cell(help_text), "", "```text", _usage(sub), "```", "",
+           "| argument | value | default | description |", "|---|---|---|---|",
+           *_argument_rows(sub), ""]
+    for name, nested, nested_help in _subcommands(sub):
+        out += _subcommand_section(f"{title} {name}", nested, nested_help)
+    return out
 
 
 def cli_parsers():

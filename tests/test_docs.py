@@ -80,15 +80,19 @@ def test_every_page_is_in_the_navigation():
 def test_cli_reference_covers_every_subcommand_and_flag():
     page = docsgen.cli_page()
     for parser in docsgen.cli_parsers():
-        subcommands = docsgen._subcommands(parser)
+        subcommands = [(f"{parser.prog} {name}", sub) for name, sub, _ in
+                       docsgen._subcommands(parser)]
         assert subcommands, parser.prog
-        for name, sub, _ in subcommands:
-            assert f"### `{parser.prog} {name}`" in page, f"{parser.prog} {name} missing"
-            section = page.split(f"### `{parser.prog} {name}`", 1)[1].split("\n### ", 1)[0]
+        for title, sub in subcommands:
+            assert f"### `{title}`" in page, f"{title} missing"
+            section = page.split(f"### `{title}`\n", 1)[1].split("\n### ", 1)[0]
             for action in sub._actions:
                 for flag in action.option_strings:
                     if flag not in ("-h", "--help"):
-                        assert f"`{flag}`" in section, f"{parser.prog} {name} {flag} missing"
+                        assert f"`{flag}`" in section, f"{title} {flag} missing"
+            # and their own subcommands (keras-vit data-service dispatcher)
+            subcommands += [(f"{title} {name}", nested) for name, nested, _ in
+                            docsgen._subcommands(sub)]
 
 
 def test_one_performance_page_per_run_naming_its_cpu():

@@ -1,5 +1,5 @@
 """The ``keras-vit`` command: ``train`` (the main job), ``evaluate``, ``explain``,
-``inspect``, ``export``, ``predict``, ``convert``, ``prepare``; one module each in
+``inspect``, ``export``, ``predict``, ``convert``, ``prepare``, ``data-service``; one module each in
 ``training/commands/`` (``export`` and ``predict``: ``export/commands/``, also run by
 ``python -m export``), run by :mod:`export.command_line`. ``python -m training`` runs
 ``train``."""
@@ -9,12 +9,13 @@ import sys
 
 from export.commands import export as export_command
 from export.commands import predict as predict_command
-from training.commands import convert, evaluate, explain, inspect, prepare, train
+from training.commands import (convert, data_service, evaluate, explain, inspect, prepare,
+                               train)
 
 PROG = "keras-vit"
 DESCRIPTION = "Vision Transformer for Keras 3: train, evaluate, export, predict, convert."
 COMMANDS = (train, evaluate, explain, inspect, export_command, predict_command, convert,
-            prepare)
+            prepare, data_service)
 
 
 def _user_errors():

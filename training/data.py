@@ -413,6 +413,35 @@ def _shard(ds, input_context):
     return ds
 
 
+def train_example_fn(image_size, *, seed, crop_area_min: Optional[float] = None,
+                     flip: bool = False, read: Optional[Callable] = None,
+                     per_image: Optional[Callable] = None) -> Callable:
+    """``(position, item, label) -> (image, label)``: one training example read, augmented
+    and resized, its augmentation keyed by (``seed``, ``position``) alone (``seed`` may be a
+    tensor). :func:`make_train_pipeline` and the tf.data service pipeline
+    (:mod:`training.data_service`) both map it. ``per_image``
+    (:func:`training.augment.image_augmenter`) runs last, keyed the same way."""
+    @_no_autograph
+    def prepare(position, item, label):
+        if crop_area_min is not None or flip:
+            keys = tf.random.experimental.stateless_split(
+                tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64)]), 2)
+        image = read(item) if read is not None else item
+        if crop_area_min is not None:
+            image = (decode_and_inception_crop(image, crop_area_min, keys[0])
+                     if image.dtype == tf.string else
+                     inception_crop(image, crop_area_min, keys[0]))
+        image = preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS)
+        if flip:
+            image = tf.image.stateless_random_flip_left_right(image, keys[1])
+        if per_image is not None:
+            image = per_image(image, tf.stack([tf.cast(seed, tf.int64),
+                                               tf.cast(position, tf.int64)]))
+        return image, label
+
+    return prepare
+
+
 def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, seed: int,
                         crop_area_min: Optional[float] = None, flip: bool = False,
                         read: Optional[Callable] = None, skip_steps: int = 0,
@@ -436,24 +465,8 @@ def make_train_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, see
     """
     per_image = image_augmenter(augment) if augment is not None else None
     per_batch = batch_mixer(augment, num_classes) if augment is not None else None
-
-    @_no_autograph
-    def prepare(position, item, label):
-        if crop_area_min is not None or flip:
-            keys = tf.random.experimental.stateless_split(
-                tf.stack([tf.cast(seed, tf.int64), position]), 2)
-        image = read(item) if read is not None else item
-        if crop_area_min is not None:
-            image = (decode_and_inception_crop(image, crop_area_min, keys[0])
-                     if image.dtype == tf.string else
-                     inception_crop(image, crop_area_min, keys[0]))
-        image = preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS)
-        if flip:
-            image = tf.image.stateless_random_flip_left_right(image, keys[1])
-        if per_image is not None:
-            image = per_image(image, tf.stack([tf.cast(seed, tf.int64), position]))
-        return image, label
-
+    prepare = train_example_fn(image_size, seed=seed, crop_area_min=crop_area_min, flip=flip,
+                               read=read, per_image=per_image)
     replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
                      if input_context is not None else 1)
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False).enumerate()

@@ -38,6 +38,7 @@ class RunConfig:
     seed: int = 0
     export: bool = True
     max_bad_images: int = DEFAULT_MAX_BAD_IMAGES
+    data_service: Optional[str] = None  # grpc://HOST:PORT of a tf.data service dispatcher
 
     def validate(self) -> "RunConfig":
         """Raises ValueError naming the first setting no run can use."""
@@ -53,6 +54,9 @@ class RunConfig:
         if not isinstance(self.max_bad_images, int) or self.max_bad_images < 0:
             raise ValueError("max-bad-images must be a non-negative integer "
                              f"(got {self.max_bad_images!r})")
+        if self.data_service is not None:
+            from training.data_service import check_data_service
+            check_data_service(self.data_service, self.recipe.dataset)
         keras_vit.variants.check_fits(  # --image-size 100000: refused before anything is built
             model_architecture(self.recipe.model), self.recipe.image_size, num_prefix_tokens=0,
             activation_bytes=2 if "16" in self.precision else 4)

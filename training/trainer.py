@@ -98,6 +98,9 @@ class _Window:
 def _distributed_epoch(run: Run, epoch: int, first_step: int):
     """The steps ``first_step..steps_per_epoch`` of ``epoch``, each worker its share."""
     recipe, strategy = run.recipe, run.strategy
+    if run.config.data_service:
+        from training.data_service import distributed_epoch
+        return distributed_epoch(run, epoch, first_step)
 
     def dataset_fn(context):
         return make_train_pipeline(
@@ -202,9 +205,14 @@ def _finish(run: Run, state: State, loop: dict) -> dict:
         "replicas": run.strategy.num_replicas_in_sync, "precision": run.config.precision,
         "skipped_images": run.bad_images.summary(),
     }
+    if getattr(run, "service_input", None) is not None:
+        metrics["data_service"] = run.service_input.summary()
     if run.is_chief:
         _write_outputs(run, state.model, metrics)
-    return {"metrics": metrics, "model": state.model, "source": source}
+    result = {"metrics": metrics, "model": state.model, "source": source}
+    if getattr(run, "service_input", None) is not None:
+        result["data_service_tally"] = run.service_input.tally  # what each label received
+    return result
 
 
 def _write_labels(run: Run) -> None:

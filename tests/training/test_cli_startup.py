@@ -62,7 +62,8 @@ def test_help_and_argument_errors_import_no_tensorflow(tmp_path):
     assert {"train", "evaluate", "export", "predict", "convert", "explain",
             "inspect", "prepare"} <= set(subcommands)
     helps = [["--help"]] + [[sub, "--help"] for sub in subcommands] + [
-        ["train", "--verbose", "--help"]]
+        ["train", "--verbose", "--help"], ["data-service", "worker", "--help"],
+        ["data-service", "dispatcher", "--help"]]
     errors = [
         ["train", "--steps", "-1"], ["train", "--epochs", "0"], ["train", "--bogus"],
         ["train", "--recipe", "nope"], ["train", "--learning-rate", "nan"],
@@ -74,7 +75,9 @@ def test_help_and_argument_errors_import_no_tensorflow(tmp_path):
         ["export", missing + ".keras"], ["export", str(model), "--format", "onnx",
                                          "--quantize", "int8"],
         ["prepare", "--dataset", "folder:" + missing, "--output", missing],
-        ["prepare", "--dataset", f"folder:{tmp_path}", "--output", str(tmp_path)]]
+        ["prepare", "--dataset", f"folder:{tmp_path}", "--output", str(tmp_path)],
+        ["data-service", "worker", "--dispatcher", "nohost"],
+        ["train", "--data-service", "127.0.0.1:5050"]]
     results = _drive("training.cli", helps + errors)
     assert [r["code"] for r in results] == [0] * len(helps) + [2] * len(errors), results
     assert results[-1]["heavy"] == [], results  # the modules imported by all of them

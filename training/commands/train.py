@@ -51,18 +51,28 @@ def add_arguments(parser):
         parser.add_argument(_flag(field), type=kind, help=text)
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved run configuration (JSON) and exit")
+    parser.add_argument("--data-service", metavar="grpc://HOST:PORT",
+                        help="read, decode and augment on the workers of this tf.data service "
+                             "dispatcher (keras-vit data-service); not bit-exact")
 
 
 def check(args) -> None:
     """The recipe's values, checked before TensorFlow loads (a ValueError naming the flag)."""
     if not args.resume:
         _new_recipe(args).validate()
+    if args.data_service is not None:
+        from training.data_service import check_data_service
+        check_data_service(args.data_service, args.dataset or "")
+        if args.max_bad_images is not None:
+            raise ValueError("--max-bad-images does not apply with --data-service: the workers "
+                             "leave unreadable images out and metrics.json counts them among "
+                             "the examples not delivered")
 
 
 # What --resume may change: the length of the run (the learning-rate schedule is stretched to
 # the new length), checkpointing, the export, and where it runs and reads its data from.
 RESUME_MAY_CHANGE = ("steps", "epochs", "checkpoint_every", "no_export", "strategy", "tpu",
-                     "data_dir", "max_bad_images")
+                     "data_dir", "max_bad_images", "data_service")
 
 
 def _flag(name):
@@ -91,6 +101,7 @@ def _resume_config(args):
     config.data_dir = args.data_dir or config.data_dir
     if args.max_bad_images is not None:
         config.max_bad_images = args.max_bad_images
+    config.data_service = args.data_service or config.data_service
     return config
 
 
@@ -112,7 +123,7 @@ def _new_config(args):
         "runs", f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     optional = {name: getattr(args, name) for name in ("strategy", "precision",
                                                        "checkpoint_every", "seed",
-                                                       "max_bad_images")
+                                                       "max_bad_images", "data_service")
                 if getattr(args, name) is not None}
     return RunConfig(recipe=recipe, output=output, jit_compile=args.jit_compile,
                      weights=args.weights, data_dir=args.data_dir,
@@ -128,6 +139,9 @@ def run(args) -> int:
     if args.dry_run:
         print(config.to_json())
         return 0
+    if config.data_service:  # before anything is written: a bounded, one-line error
+        from training.data_service import check_reachable
+        check_reachable(config.data_service)
     strategy = make_strategy(config.strategy, args.tpu or "")  # before other TensorFlow work
     result = train(config, strategy, resume=args.resume)
     metrics = result["metrics"]

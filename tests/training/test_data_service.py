@@ -1,0 +1,143 @@
+"""``keras-vit data-service`` and ``train --data-service``: a dispatcher and two workers on
+127.0.0.1 (the commands themselves, as subprocesses) serve the demo's training input; each
+example of the epoch arrives exactly once; the servers stop cleanly on SIGTERM; what cannot
+work is a bounded one-line error."""
+import dataclasses
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args, log_path):
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, "-m", "training.cli", "data-service", *args],
+                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO,
+                                    "HOME": str(log_path.parent)})
+    return process, log_path
+
+
+def _port(started, timeout=180):
+    process, log_path = started
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = re.search(r"serving on port (\d+)", log_path.read_text())
+        if found:
+            return int(found.group(1))
+        assert process.poll() is None, log_path.read_text()[-2000:]
+        time.sleep(0.2)
+    raise AssertionError(f"no port printed in {timeout} s: {log_path.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """grpc://127.0.0.1:PORT of a dispatcher with two workers; on teardown, each server must
+    stop on SIGTERM with exit code 0."""
+    logs = tmp_path_factory.mktemp("data-service")
+    port = _free_port()
+    dispatcher = _start(["dispatcher", "--port", str(port)], logs / "dispatcher.log")
+    # Started together: a worker waits for the dispatcher to come up.
+    workers = [_start(["worker", "--dispatcher", f"127.0.0.1:{port}", "--address",
+                       "127.0.0.1"], logs / f"worker{i}.log") for i in (1, 2)]
+    assert _port(dispatcher) == port
+    for worker in workers:
+        _port(worker)
+    yield f"grpc://127.0.0.1:{port}"
+    for process, _ in [*workers, dispatcher]:
+        process.send_signal(signal.SIGTERM)
+    for process, log_path in [*workers, dispatcher]:
+        assert process.wait(timeout=60) == 0, log_path.read_text()[-2000:]
+        assert "stopped" in log_path.read_text().splitlines()[-1]
+
+
+def _indexed_digits(count):
+    """The first ``count`` training digits, each labelled with its own index."""
+    import tensorflow as tf
+
+    from training.data import load_digits
+
+    digits = load_digits()
+    images, _ = tf.data.Dataset.get_single_element(digits.train.take(count).batch(count))
+    return dataclasses.replace(
+        digits, train=tf.data.Dataset.from_tensor_slices(
+            (images, np.arange(count, dtype=np.int64))),
+        num_train=count, num_classes=count, labels=[str(i) for i in range(count)])
+
+
+def test_the_demo_trains_through_a_dispatcher_and_two_workers(service, tmp_path):
+    from training import RECIPES, RunConfig, train
+    from training.distribute import make_strategy
+
+    source = _indexed_digits(200)  # 6 steps of 32 an epoch, 8 examples left out
+    recipe = RECIPES["demo"].replace(batch_size=32, epochs=2, warmup_steps=1)
+    result = train(RunConfig(recipe=recipe, output=str(tmp_path / "run"), export=False,
+                             data_service=service),
+                   make_strategy("default"), source=source, verbose=False)
+    metrics = result["metrics"]
+    assert metrics["steps"] == 12 and np.isfinite(metrics["test_loss"])
+    assert metrics["data_service"]["processing_mode"] == "distributed_epoch"
+    assert len(metrics["data_service"]["workers_at_start"]) == 2
+    assert metrics["data_service"]["examples_received"] == 12 * 32
+    assert metrics["data_service"]["examples_not_delivered"] == 0
+    # Each epoch: the first 192 of its shuffled order, each exactly once.
+    expected = np.zeros(200, np.int64)
+    for epoch in range(2):
+        expected[np.random.default_rng([0, epoch]).permutation(200)[:192]] += 1
+    np.testing.assert_array_equal(result["data_service_tally"].label_counts, expected)
+
+
+def test_no_dispatcher_or_no_worker_is_a_quick_one_line_error(tmp_path, capsys):
+    import tensorflow as tf
+
+    from training.cli import main
+
+    port = _free_port()
+    start = time.perf_counter()
+    assert main(["train", "--data-service", f"grpc://127.0.0.1:{port}", "--steps", "1",
+                 "--output", str(tmp_path / "run")]) == 2
+    assert time.perf_counter() - start < 15
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"keras-vit train: error: cannot reach a tf.data service dispatcher at "
+                     f"127.0.0.1:{port}: Connection refused"], lines
+    assert not (tmp_path / "run").exists()
+
+    service = tf.data.experimental.service
+    lonely = service.DispatchServer(service.DispatcherConfig(port=0))
+    try:
+        assert main(["train", "--data-service", lonely.target.replace("localhost", "127.0.0.1"),
+                     "--steps", "1", "--output", str(tmp_path / "run")]) == 2
+    finally:
+        lonely.stop()
+    assert "no worker is registered with the dispatcher" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data-service", "127.0.0.1:5050"], "expected grpc://HOST:PORT"),
+    (["train", "--data-service", "grpc://127.0.0.1:0"], "with a port in 1..65535"),
+    (["train", "--data-service", "grpc://h:1", "--dataset", "tfds:mnist"],
+     "cannot serve --dataset tfds:mnist"),
+    (["train", "--data-service", "grpc://h:1", "--max-bad-images", "3"],
+     "--max-bad-images does not apply with --data-service"),
+    (["data-service", "worker", "--dispatcher", "nohost"], "--dispatcher 'nohost'"),
+    (["data-service", "dispatcher", "--port", "70000"], "--port 70000"),
+])
+def test_what_cannot_work_is_refused_in_one_line(argv, message, capsys):
+    from training.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err, err
