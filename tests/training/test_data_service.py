@@ -141,3 +141,31 @@ def test_what_cannot_work_is_refused_in_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_the_deit_augmentations_reach_the_batches_of_the_service(service, tmp_path):
+    """RandAugment and erasing run on the workers, Mixup / CutMix and the soft targets on
+    the trainer: the service's batches carry soft (mixed) targets, as without the service."""
+    import contextlib
+
+    import tensorflow as tf
+
+    from training import RECIPES, RunConfig
+    from training.data_service import ServiceInput
+    from training.distribute import make_strategy
+    from training.run_state import set_up
+
+    recipe = RECIPES["deit"].replace(model="tiny", dataset="digits", image_size=32,
+                                     batch_size=32, steps=3, warmup_steps=1, epochs=None)
+    config = RunConfig(recipe=recipe, output=str(tmp_path / "run"), export=False,
+                       data_service=service)
+    strategy = make_strategy("default")
+    with contextlib.ExitStack() as held:
+        run = set_up(config, strategy, False, None, False, held)
+        service_input = ServiceInput(run)
+        dataset = strategy.distribute_datasets_from_function(
+            service_input.dataset_fn(0, 0))
+        images, targets = next(iter(dataset))
+    assert targets.shape == (32, 10) and targets.dtype == tf.float32
+    assert np.allclose(np.sum(targets, axis=-1), 1.0, atol=1e-5)
+    assert np.max(targets) < 1.0  # label smoothing and mixing: no one-hot row
