@@ -12,7 +12,8 @@ import tensorflow as tf
 import keras_vit
 from export.run_layout import CONFIG, RunLayout
 from keras_vit.sources import parse_json
-from training.recipes import DEFAULT_MAX_BAD_IMAGES, PRECISIONS, TINY_MODEL, Recipe
+from training.recipes import (DEFAULT_MAX_BAD_IMAGES, PRECISIONS, TINY_MODEL, Recipe,
+                              check_accumulate)
 
 
 class TrainingError(RuntimeError):
@@ -38,6 +39,7 @@ class RunConfig:
     seed: int = 0
     export: bool = True
     max_bad_images: int = DEFAULT_MAX_BAD_IMAGES
+    accumulate: int = 1  # micro-batches a step (--accumulate; training.steps)
 
     def validate(self) -> "RunConfig":
         """Raises ValueError naming the first setting no run can use."""
@@ -53,6 +55,7 @@ class RunConfig:
         if not isinstance(self.max_bad_images, int) or self.max_bad_images < 0:
             raise ValueError("max-bad-images must be a non-negative integer "
                              f"(got {self.max_bad_images!r})")
+        check_accumulate(self.accumulate, self.recipe.batch_size)
         keras_vit.variants.check_fits(  # --image-size 100000: refused before anything is built
             model_architecture(self.recipe.model), self.recipe.image_size, num_prefix_tokens=0,
             activation_bytes=2 if "16" in self.precision else 4)
