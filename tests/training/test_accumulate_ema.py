@@ -1,5 +1,6 @@
 """Gradient accumulation (``--accumulate K``) and the moving average of the weights
 (``--ema-decay D``): real (tiny) runs on digits."""
+import dataclasses
 import json
 import os
 
@@ -15,9 +16,9 @@ from training.run_config import build_model
 
 # Plain SGD (an update proportional to the gradient: a gradient off by any factor shows) at a
 # learning rate that moves the weights visibly in three steps; no dropout, no augmentation.
-SGD = RECIPES["demo"].replace(image_size=16, batch_size=16, steps=3, optimizer="sgd",
-                              momentum=0.0, schedule="linear", warmup_steps=0,
-                              learning_rate=0.5, clip_global_norm=None)
+SGD = dataclasses.replace(RECIPES["demo"].replace(
+    image_size=16, batch_size=16, steps=3, optimizer="sgd", momentum=0.0, schedule="linear",
+    warmup_steps=0, learning_rate=0.5), clip_global_norm=None)  # (.replace keeps on None)
 
 
 def test_accumulated_steps_equal_the_unaccumulated_ones_on_one_and_two_replicas(tmp_path):
@@ -26,17 +27,16 @@ def test_accumulated_steps_equal_the_unaccumulated_ones_on_one_and_two_replicas(
     the all-reduce (a clip of each micro-batch would differ), and under mixed_float16 (loss
     scaling). The difference is measured against the update itself, not the weights."""
     out = run_python(f"""
-import numpy as np, tensorflow as tf
+import dataclasses, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from training import RECIPES, RunConfig, train
+from training import RunConfig, train
+from training.recipes import Recipe
 from training.run_config import build_model
 strategies = {{"single": tf.distribute.get_strategy(),
               "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}}
-sgd = RECIPES["demo"].replace(image_size=16, batch_size=16, steps=3, optimizer="sgd",
-                              momentum=0.0, schedule="linear", warmup_steps=0,
-                              learning_rate=0.5, clip_global_norm=None)
+sgd = {SGD!r}
 keras.utils.set_random_seed(0)
 start = np.concatenate([w.numpy().ravel() for w in build_model(sgd, 10).weights])
 cases = [("single", "float32", None), ("mirrored", "float32", None),
@@ -45,7 +45,8 @@ for strategy, precision, clip in cases:
     moved = {{}}
     for k in (1, 4):
         output = {str(tmp_path)!r} + f"/{{strategy}}-{{precision}}-{{clip}}-{{k}}"
-        result = train(RunConfig(recipe=sgd.replace(clip_global_norm=clip), output=output,
+        recipe = dataclasses.replace(sgd, clip_global_norm=clip)
+        result = train(RunConfig(recipe=recipe, output=output,
                                  precision=precision, export=False, accumulate=k),
                        strategies[strategy], verbose=False)
         assert result["metrics"]["steps"] == 3 and result["metrics"]["accumulate"] == k
@@ -55,9 +56,10 @@ for strategy, precision, clip in cases:
           float(np.linalg.norm(moved[4] - moved[1])) / update)
 """)
     cases = [line.split()[1:] for line in out.splitlines() if line.startswith("CASE")]
+    print(out)  # the measured differences, shown with pytest -rP
     assert len(cases) == 4, out
     for strategy, precision, clip, update, difference in cases:
-        moved_enough = 1e-4 if clip != "None" else 0.1  # a clipped update is at most 1e-3
+        moved_enough = 1e-4 if clip != "None" else 1.0  # a clipped update is at most 1e-3
         assert float(update) > moved_enough, (strategy, precision, clip, update)
         bound = 1e-5 if precision == "float32" else 1e-2
         assert float(difference) < bound, (strategy, precision, clip, difference)
