@@ -95,7 +95,7 @@ def _rewind_to(run_dir, step):
 def test_ema_weights_are_checkpointed_resumed_bit_exactly_saved_and_served(tmp_path, capsys):
     """--ema-decay 0.5 over three steps: model.keras holds 0.5^3 w0 + 0.5 (0.25 w1 + 0.5 w2
     + w3), computed here from the raw weights of the checkpoints; the export serves it;
-    rewound to step 1 and resumed (through the CLI: config.json keeps the decay), the run
+    rewound to step 2 and resumed (through the CLI: config.json keeps the decay), the run
     ends with the same model bit for bit."""
     recipe = SGD.replace(optimizer="adamw", learning_rate=0.05, ema_decay=0.5)
     out = str(tmp_path / "run")
@@ -131,12 +131,12 @@ def test_ema_weights_are_checkpointed_resumed_bit_exactly_saved_and_served(tmp_p
     np.testing.assert_allclose(served, ema_top, rtol=1e-4)
     assert float(np.abs(raw_top - ema_top).max()) > 1e-2
 
-    _rewind_to(out, 1)
+    _rewind_to(out, 2)
     for flag in (["--ema-decay", "0.9"], ["--accumulate", "2"]):
         assert main(["train", "--resume", "--output", out, *flag]) == 2
         assert f"cannot change {flag[0]}" in capsys.readouterr().err
     assert main(["train", "--resume", "--output", out, "--no-export"]) == 0
-    assert "resumed at step 1" in capsys.readouterr().out
+    assert "resumed at step 2" in capsys.readouterr().out
     resumed = keras.saving.load_model(os.path.join(out, "model.keras"))
     for want, got in zip(result["model"].weights, resumed.weights):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
