@@ -31,13 +31,12 @@ class WeightAverage(tf.Module):
         """One step of every average, in a cross-replica context (after ``strategy.run``):
         each device moves its copy of the average towards its own copy of the weight."""
         strategy = tf.distribute.get_strategy()
-        decay = self.decay
-
-        def blend(average, weight):
-            return average.assign(decay * average + (1.0 - decay) * weight)
-
         for average, weight in zip(self.averages, self._weights):
-            strategy.extended.update(average, blend, args=(_variable(weight),), group=False)
+            for copy, weight_copy in zip(strategy.experimental_local_results(average),
+                                         strategy.experimental_local_results(
+                                             _variable(weight))):
+                with tf.device(copy.device):
+                    copy.assign(self.decay * copy + (1.0 - self.decay) * weight_copy)
 
     def copy_to_model(self) -> None:
         """Puts the averages into the model's weights (the raw weights stay in the
