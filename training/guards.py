@@ -52,8 +52,10 @@ class Guard:
         strategy, model, optimizer = run.strategy, state.model, state.optimizer
         floats = [v for v in list(model.weights) + list(optimizer.variables)
                   if tf.as_dtype(v.dtype).is_floating]
+        micro = run.config.accumulate  # with --accumulate, the first micro-batch (it fits)
 
         def replica_bad(images, labels):
+            images = images[:tf.shape(images)[0] // micro] if micro > 1 else images
             logits = tf.cast(model(images, training=False), tf.float32)
             finite = [tf.reduce_all(tf.math.is_finite(logits))]
             finite += [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v)))

@@ -57,6 +57,7 @@ class Recipe:
     drop_path_rate: float = 0.0
     classifier: str = "token"            # "token" or "gap"
     position_embedding: str = "learned"  # "learned" or "sincos2d"
+    ema_decay: Optional[float] = None       # --ema-decay: average the weights (training.ema)
 
     def validate(self) -> "Recipe":
         """Raises ValueError naming the first field (and its flag) that no run can use."""
@@ -77,6 +78,9 @@ class Recipe:
         if self.crop_area_min is not None and not 0 < self.crop_area_min <= 1:
             raise ValueError(f"recipe field crop_area_min must be in (0, 1] or null (got "
                              f"{self.crop_area_min!r})")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
+                                               and 0 < self.ema_decay < 1):
+            bad("ema_decay", "a number in (0, 1)", self.ema_decay)
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"recipe field dropout_rate must be in [0, 1) (got "
                              f"{self.dropout_rate!r})")
@@ -183,3 +187,16 @@ FROM_SCRATCH_FLAGS = (
     ("dropout_rate", float, "dropout (pretrain: 0.1)"),
     ("crop_area_min", float, "smallest area of the inception crop (deit: 0.08)"),
 )
+
+
+def check_accumulate(accumulate, batch_size: int, replicas: int = 1) -> None:
+    """``--accumulate K`` splits each replica's share of the batch into K equal micro-batches:
+    raises ValueError unless K is a positive integer that divides it."""
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        raise ValueError(f"accumulate must be a positive integer (got {accumulate!r}; "
+                         "flag --accumulate)")
+    if batch_size % (replicas * accumulate):
+        shared = f" over the {replicas} replicas" if replicas > 1 else ""
+        raise ValueError(f"batch size {batch_size} does not split into {accumulate} equal "
+                         f"micro-batches{shared} (--accumulate {accumulate}): choose a batch "
+                         f"size that is a multiple of {replicas * accumulate}")

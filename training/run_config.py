@@ -12,14 +12,14 @@ import tensorflow as tf
 import keras_vit
 from export.run_layout import CONFIG, RunLayout
 from keras_vit.sources import parse_json
-from training.recipes import DEFAULT_MAX_BAD_IMAGES, PRECISIONS, TINY_MODEL, Recipe
+from training.recipes import (DEFAULT_MAX_BAD_IMAGES, PRECISIONS, TINY_MODEL, Recipe,
+                              check_accumulate)
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (diverged, or a run directory that would be overwritten)."""
 
 
-@dataclasses.dataclass
 @dataclasses.dataclass
 class RunConfig:
     """Everything a run needs; written to ``config.json`` and read back by ``--resume``."""
@@ -39,6 +39,7 @@ class RunConfig:
     export: bool = True
     max_bad_images: int = DEFAULT_MAX_BAD_IMAGES
     data_service: Optional[str] = None  # grpc://HOST:PORT of a tf.data service dispatcher
+    accumulate: int = 1  # micro-batches a step (--accumulate; training.steps)
 
     def validate(self) -> "RunConfig":
         """Raises ValueError naming the first setting no run can use."""
@@ -57,6 +58,7 @@ class RunConfig:
         if self.data_service is not None:
             from training.data_service import check_data_service
             check_data_service(self.data_service, self.recipe.dataset)
+        check_accumulate(self.accumulate, self.recipe.batch_size)
         keras_vit.variants.check_fits(  # --image-size 100000: refused before anything is built
             model_architecture(self.recipe.model), self.recipe.image_size, num_prefix_tokens=0,
             activation_bytes=2 if "16" in self.precision else 4)

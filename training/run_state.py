@@ -19,6 +19,7 @@ from keras_vit.sources import parse_json
 from training.data import BadImages, DataError, DataSource, load_source
 from training.distribute import worker_info
 from training.optimizers import make_optimizer
+from training.recipes import check_accumulate
 from training.run_config import RunConfig, TrainingError, build_model
 
 
@@ -61,6 +62,7 @@ class State:
     checkpoint: tf.train.Checkpoint
     manager: tf.train.CheckpointManager
     step: int
+    average: Optional[object] = None  # training.ema.WeightAverage with --ema-decay
 
 
 def set_up(config, strategy, resume, source, verbose, held) -> Run:
@@ -72,6 +74,7 @@ def set_up(config, strategy, resume, source, verbose, held) -> Run:
     if recipe.batch_size % replicas:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by the "
                          f"{replicas} replicas of the strategy")
+    check_accumulate(config.accumulate, recipe.batch_size, replicas)
     is_chief, task_id = worker_info(strategy)
     layout = RunLayout(config.output)
     check_run_directory(layout, resume, config.export)
@@ -147,7 +150,9 @@ def create_state(run: Run) -> State:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+        average = _weight_average(model, recipe.ema_decay)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
+                                     **({"ema": average} if average is not None else {}))
     # tf.distribute: every worker saves (collectives), non-chiefs to a scratch directory.
     write_dir = run.layout.checkpoints if run.is_chief else \
         os.path.join(run.layout.scratch(run.task_id), "checkpoints")
@@ -159,13 +164,34 @@ def create_state(run: Run) -> State:
     if run.is_chief:
         tf.io.gfile.makedirs(run.layout.root)
         write_text_atomically(run.layout.config, run.config.to_json())
-    state = State(model, optimizer, step_var, checkpoint, manager, int(step_var.numpy()))
+    state = State(model, optimizer, step_var, checkpoint, manager, int(step_var.numpy()),
+                  average)
     run.say(f"keras-vit train: {recipe.model} on {run.source.name} ({run.source.num_train} "
             f"train / {run.source.num_test} test), {run.total_steps} steps of "
-            f"{recipe.batch_size} on {run.strategy.num_replicas_in_sync} replica(s), "
-            f"{run.config.precision}" + (f", resumed at step {state.step}" if run.resume
-                                         else ""))
+            f"{recipe.batch_size}{_extras(run)} on {run.strategy.num_replicas_in_sync} "
+            f"replica(s), {run.config.precision}" + (f", resumed at step {state.step}"
+                                                     if run.resume else ""))
     return state
+
+
+def _weight_average(model, decay):
+    """The moving average of the weights (``--ema-decay``), or None."""
+    if decay is None:
+        return None
+    from training.ema import WeightAverage
+    return WeightAverage(model, decay)
+
+
+def _extras(run: Run) -> str:
+    """The run line's words for --accumulate and --ema-decay."""
+    config, text = run.config, ""
+    if config.accumulate > 1:
+        micro = config.recipe.batch_size // (config.accumulate *
+                                             run.strategy.num_replicas_in_sync)
+        text += f" ({config.accumulate} micro-batches of {micro} a replica)"
+    if config.recipe.ema_decay is not None:
+        text += f", EMA of the weights (decay {config.recipe.ema_decay})"
+    return text
 
 
 def restore(run: Run, checkpoint: tf.train.Checkpoint) -> None:

@@ -21,7 +21,8 @@ def _top_k_correct(labels, logits, k):
 
 def make_train_step(model, optimizer, strategy, global_batch_size: int,
                     clip_global_norm: Optional[float] = None, loss_scaling: bool = False,
-                    jit_compile: bool = False, seed: int = 0):
+                    jit_compile: bool = False, seed: int = 0, accumulate: int = 1,
+                    average=None):
     """The distributed training step ``(images, labels) -> (mean loss, top-1 correct)``.
 
     Loss averaged over the global batch; with ``clip_global_norm`` the gradient is clipped
@@ -29,12 +30,14 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
     ``loss_scaling`` the optimizer is a ``LossScaleOptimizer`` and the scaled gradient is
     clipped at the scaled threshold (the same clip; a non-finite gradient stays non-finite,
     so the optimizer still skips that step and lowers the scale).
+    ``accumulate``: K micro-batches a replica, summed before the clip
+    (:func:`accumulated_gradients`); ``average``: a :class:`training.ema.WeightAverage`.
     """
     replicas = strategy.num_replicas_in_sync
 
-    def step_fn(images, labels):
+    def gradients(images, labels):
         # Stochastic depth keyed by (seed, step, replica): a resumed run drops the same
-        # branches (keras_vit.layers.drop_path_seed).
+        # branches (keras_vit.layers.drop_path_seed); every micro-batch of a step uses it.
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         step_seed = tf.random.experimental.stateless_fold_in(
             tf.stack([tf.constant(seed, tf.int64), tf.cast(optimizer.iterations, tf.int64)]),
@@ -48,6 +51,11 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
+        return loss, _top_k_correct(hard_labels(labels), logits, 1), grads
+
+    def step_fn(images, labels):
+        loss, correct, grads = accumulated_gradients(gradients, images, labels, accumulate,
+                                                     model.trainable_variables)
         if clip_global_norm:
             # Keras's optimizer sums gradients over replicas again, hence the division.
             context = tf.distribute.get_replica_context()
@@ -60,7 +68,7 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
             if replicas > 1:
                 grads = [g / replicas for g in grads]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, _top_k_correct(hard_labels(labels), logits, 1)
+        return loss, correct
 
     @tf.function(jit_compile=jit_compile or None)
     def replica_step(images, labels):
@@ -69,10 +77,49 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
     @tf.function
     def train_step(images, labels):
         loss, correct = strategy.run(replica_step, args=(images, labels))
+        if average is not None:
+            average.update()  # reads the updated weights (automatic control dependencies)
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
 
     return train_step
+
+
+def micro_batches(tensor, accumulate: int):
+    """``tensor`` ``[b, ...]`` as ``[accumulate, b / accumulate, ...]``: micro-batch k holds
+    rows ``k*b/K .. (k+1)*b/K - 1``, so the K micro-batches are the batch itself."""
+    if tensor.shape[1:].is_fully_defined():
+        return tf.reshape(tensor, [accumulate, -1, *tensor.shape[1:]])
+    return tf.reshape(tensor, tf.concat([[accumulate, -1], tf.shape(tensor)[1:]], axis=0))
+
+
+def accumulated_gradients(gradients, images, labels, accumulate: int, variables):
+    """``gradients(images, labels) -> (loss, correct, grads)`` summed over the
+    ``accumulate`` micro-batches of this replica's batch, one after the other (so that the
+    step equals the un-accumulated one, in 1/K of its activation memory).
+
+    Each micro-batch's loss is already its share of the global-batch mean (the sum over its
+    examples divided by the global batch size), so the sums are the loss and gradient of the
+    whole batch. ``parallel_iterations=1``: the next micro-batch starts only when the
+    previous one's gradient is added, so only one micro-batch's activations are alive.
+    Under loss scaling the scaled gradients are summed: the scale changes only when the
+    optimizer applies, so it is the same for every micro-batch of a step, and an overflow
+    in any of them leaves the sum non-finite (the step is skipped, as without accumulation).
+    """
+    if accumulate == 1:
+        return gradients(images, labels)
+    images, labels = micro_batches(images, accumulate), micro_batches(labels, accumulate)
+
+    def body(k, loss, correct, sums):
+        part_loss, part_correct, grads = gradients(images[k], labels[k])
+        sums = [s if g is None else s + tf.cast(g, s.dtype) for s, g in zip(sums, grads)]
+        return k + 1, loss + part_loss, correct + part_correct, sums
+
+    start = (tf.constant(0), tf.constant(0.0), tf.constant(0.0),
+             [tf.zeros(v.shape, v.dtype) for v in variables])
+    _, loss, correct, grads = tf.while_loop(lambda k, *_: k < accumulate, body, start,
+                                            parallel_iterations=1)
+    return loss, correct, grads
 
 
 def _evaluation_sums(model, images, labels):

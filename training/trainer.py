@@ -65,6 +65,8 @@ def _run(run: Run) -> dict:
     if finished is not None:
         run.say(f"keras-vit train: {run.layout.root} already finished at step {state.step}; "
                 "nothing to do")
+        if state.average is not None:
+            state.average.copy_to_model()  # the model the run saved
         return {"metrics": finished, "model": state.model, "source": run.source,
                 "already_finished": True}
     loop = _train_loop(run, state)
@@ -120,7 +122,8 @@ def _train_loop(run: Run, state: State) -> dict:
     train_step = make_train_step(state.model, state.optimizer, run.strategy, recipe.batch_size,
                                  clip_global_norm=recipe.clip_global_norm,
                                  loss_scaling=run.loss_scaling, jit_compile=config.jit_compile,
-                                 seed=config.seed)
+                                 seed=config.seed, accumulate=config.accumulate,
+                                 average=state.average)
     guard = Guard(run, state)
     writer = tf.summary.create_file_writer(os.path.join(run.layout.logs, "train")) \
         if run.is_chief else tf.summary.create_noop_writer()
@@ -182,20 +185,36 @@ def _log(writer, progbar, state, step, loss, accuracy, rate):
         tf.summary.scalar("learning_rate", float(state.optimizer.learning_rate))
 
 
-def _finish(run: Run, state: State, loop: dict) -> dict:
-    """Distributed evaluation on the test split; the chief writes model, export, metrics."""
+def _evaluate_on_test(run: Run, model) -> dict:
+    """Distributed evaluation of ``model`` on the test split, in batches of one micro-batch
+    (``--accumulate``: the batch that fits)."""
     recipe, source = run.recipe, run.source
+    batch_size = recipe.batch_size // run.config.accumulate
 
     def dataset_fn(context):
         return make_eval_pipeline(
-            source.test, recipe.image_size, context.get_per_replica_batch_size(
-                recipe.batch_size), num_examples=source.num_test,
-            global_batch_size=recipe.batch_size, read=source.read, input_context=context,
-            bad_images=run.bad_images)
+            source.test, recipe.image_size, context.get_per_replica_batch_size(batch_size),
+            num_examples=source.num_test, global_batch_size=batch_size, read=source.read,
+            input_context=context, bad_images=run.bad_images)
 
-    results = evaluate(state.model, run.strategy.distribute_datasets_from_function(dataset_fn),
+    results = evaluate(model, run.strategy.distribute_datasets_from_function(dataset_fn),
                        run.strategy)
     _report_bad_images(run)
+    return results
+
+
+def _finish(run: Run, state: State, loop: dict) -> dict:
+    """Distributed evaluation on the test split; the chief writes model, export, metrics.
+    With ``--ema-decay`` the averaged weights replace the raw ones (which stay in the
+    checkpoints) before the evaluation: the metrics, model and export are the EMA model's."""
+    recipe, source = run.recipe, run.source
+    ema = None
+    if state.average is not None:
+        raw = _evaluate_on_test(run, state.model)
+        state.average.copy_to_model()
+        ema = {"decay": recipe.ema_decay, "saved_model": "ema", "raw_weights": {
+            "top1": raw["top1"], "top5": raw["top5"], "test_loss": raw["loss"]}}
+    results = _evaluate_on_test(run, state.model)
     metrics = {
         "top1": results["top1"], "top5": results["top5"], "test_loss": results["loss"],
         "num_test_examples": results["num_examples"], "steps": state.step,
@@ -204,9 +223,12 @@ def _finish(run: Run, state: State, loop: dict) -> dict:
         "model": recipe.model, "recipe": recipe.name, "strategy": run.config.strategy,
         "replicas": run.strategy.num_replicas_in_sync, "precision": run.config.precision,
         "skipped_images": run.bad_images.summary(),
+        "accumulate": run.config.accumulate,
     }
     if getattr(run, "service_input", None) is not None:
         metrics["data_service"] = run.service_input.summary()
+    if ema is not None:
+        metrics["ema"] = ema
     if run.is_chief:
         _write_outputs(run, state.model, metrics)
     result = {"metrics": metrics, "model": state.model, "source": source}

@@ -54,12 +54,23 @@ def add_arguments(parser):
     parser.add_argument("--data-service", metavar="grpc://HOST:PORT",
                         help="read, decode and augment on the workers of this tf.data service "
                              "dispatcher (keras-vit data-service); not bit-exact")
+    parser.add_argument("--accumulate", type=int, metavar="K",
+                        help="gradient accumulation: each step runs K micro-batches, the K "
+                             "slices of the batch, one after the other (the same update in "
+                             "1/K of the activation memory; default: 1)")
+    parser.add_argument("--ema-decay", type=float, metavar="D",
+                        help="keep an exponential moving average of the weights (decay D a "
+                             "step, e.g. 0.9999); the saved and exported model is the "
+                             "average")
 
 
 def check(args) -> None:
     """The recipe's values, checked before TensorFlow loads (a ValueError naming the flag)."""
     if not args.resume:
-        _new_recipe(args).validate()
+        recipe = _new_recipe(args).validate()
+        if args.accumulate is not None:
+            from training.recipes import check_accumulate
+            check_accumulate(args.accumulate, recipe.batch_size)
     if args.data_service is not None:
         from training.data_service import check_data_service
         check_data_service(args.data_service, args.dataset or "")
@@ -112,6 +123,7 @@ def _new_recipe(args):
         model=args.model, dataset=args.dataset, image_size=args.image_size,
         batch_size=args.batch_size, steps=args.steps, learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, epochs=args.epochs,
+        ema_decay=args.ema_decay,
         **{field: getattr(args, field) for field, _, _ in FROM_SCRATCH_FLAGS})
 
 
@@ -123,7 +135,8 @@ def _new_config(args):
         "runs", f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     optional = {name: getattr(args, name) for name in ("strategy", "precision",
                                                        "checkpoint_every", "seed",
-                                                       "max_bad_images", "data_service")
+                                                       "max_bad_images", "data_service",
+                                                       "accumulate")
                 if getattr(args, name) is not None}
     return RunConfig(recipe=recipe, output=output, jit_compile=args.jit_compile,
                      weights=args.weights, data_dir=args.data_dir,
