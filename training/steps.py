@@ -36,13 +36,8 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
     replicas = strategy.num_replicas_in_sync
 
     def gradients(images, labels):
-        # Stochastic depth keyed by (seed, step, replica): a resumed run drops the same
-        # branches (keras_vit.layers.drop_path_seed); every micro-batch of a step uses it.
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        step_seed = tf.random.experimental.stateless_fold_in(
-            tf.stack([tf.constant(seed, tf.int64), tf.cast(optimizer.iterations, tf.int64)]),
-            tf.cast(replica, tf.int64))
-        with tf.GradientTape() as tape, keras_vit.layers.drop_path_seed(step_seed):
+        with tf.GradientTape() as tape, \
+                keras_vit.layers.drop_path_seed(_drop_path_key(seed, optimizer)):
             logits = tf.cast(model(images, training=True), tf.float32)
             # Int labels or soft targets (Mixup, CutMix, smoothing: training.augment); label
             # -1, an image that could not be read (training.data.BadImages), kept in its
@@ -83,6 +78,15 @@ def make_train_step(model, optimizer, strategy, global_batch_size: int,
                 strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
 
     return train_step
+
+
+def _drop_path_key(seed: int, optimizer):
+    """Stochastic depth keyed by (seed, step, replica): a resumed run drops the same branches
+    (keras_vit.layers.drop_path_seed); every micro-batch of a step uses the step's key."""
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(seed, tf.int64), tf.cast(optimizer.iterations, tf.int64)]),
+        tf.cast(replica, tf.int64))
 
 
 def micro_batches(tensor, accumulate: int):

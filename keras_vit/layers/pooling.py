@@ -7,6 +7,8 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_vit.layers.validation import token_size
+
 from keras_vit.layers.transformer import GELU_VARIANTS, gelu, layer_norm
 
 CLASSIFIERS = ("token", "gap", "map", "distilled")
@@ -79,12 +81,7 @@ class AttentionPooling(keras.layers.Layer):
         self.layer_norm_epsilon, self.gelu = float(layer_norm_epsilon), gelu
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None or dim % self.num_heads:
-            raise ValueError(f"{self.name}: the token size must be known and divisible by "
-                             f"num_heads={self.num_heads}; received input shape "
-                             f"{tuple(input_shape)}")
-        self.hidden_size = dim = int(dim)
+        self.hidden_size = dim = token_size(self, input_shape, self.num_heads)
         shapes = dict(probe=(1, 1, dim), q_kernel=(dim, dim), q_bias=(dim,),
                       kv_kernel=(dim, 2 * dim), kv_bias=(2 * dim,), out_kernel=(dim, dim),
                       out_bias=(dim,), ln_gamma=(dim,), ln_beta=(dim,),

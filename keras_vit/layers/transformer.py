@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vit.layers.validation import token_size
+
 from keras_vit.runtime import warn_if_training_with_frozen_weights
 
 # The seed (int64 [2] tensor) of the stochastic-depth masks while a training step is traced
@@ -196,12 +198,7 @@ class TransformerBlock(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=policy)
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None or dim % self.num_heads:
-            raise ValueError(f"{self.name}: the token size must be known and divisible by "
-                             f"num_heads={self.num_heads}; received input shape "
-                             f"{tuple(input_shape)}")
-        self.hidden_size = dim = int(dim)
+        self.hidden_size = dim = token_size(self, input_shape, self.num_heads)
         ones, zeros = keras.initializers.Ones(), keras.initializers.Zeros()
         # Glorot-uniform scaled for each of q, k, v separately (as three (D, D) kernels).
         qkv_init = keras.initializers.VarianceScaling(2.0, "fan_avg", "uniform")

@@ -70,3 +70,13 @@ class ImageValidation(keras.layers.Layer):
         config = super().get_config()
         config.update(multiple_of=self.multiple_of, channels=self.channels)
         return config
+
+
+def token_size(layer, input_shape, num_heads: int) -> int:
+    """The token width D of ``input_shape`` (batch, tokens, D), known and divisible by
+    ``num_heads``, else a ValueError naming ``layer``."""
+    dim = input_shape[-1]
+    if dim is None or dim % num_heads:
+        raise ValueError(f"{layer.name}: the token size must be known and divisible by "
+                         f"num_heads={num_heads}; received input shape {tuple(input_shape)}")
+    return int(dim)

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tests.conftest import run_python
+from tests.training.conftest import rewind_run
 from training import RECIPES, RunConfig, train
 from training.cli import main
 from training.distribute import make_strategy
@@ -84,17 +85,6 @@ def _weights(recipe, prefix):
     return [w.numpy() for w in model.weights]
 
 
-def _rewind_to(run_dir, step):
-    """The run directory as a kill right after checkpoint ``step`` would have left it."""
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    for name in os.listdir(ckpt_dir):
-        if name.startswith("ckpt-") and int(name.split("-")[1].split(".")[0]) > step:
-            os.remove(os.path.join(ckpt_dir, name))
-    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.join(ckpt_dir, f"ckpt-{step}"))
-    for name in ("metrics.json", "model.keras"):
-        os.remove(os.path.join(run_dir, name))
-
-
 def test_ema_weights_are_checkpointed_resumed_bit_exactly_saved_and_served(tmp_path, capsys):
     """--ema-decay 0.5 over three steps: model.keras holds 0.5^3 w0 + 0.5 (0.25 w1 + 0.5 w2
     + w3), computed here from the raw weights of the checkpoints; the export serves it;
@@ -134,7 +124,7 @@ def test_ema_weights_are_checkpointed_resumed_bit_exactly_saved_and_served(tmp_p
     np.testing.assert_allclose(served, ema_top, rtol=1e-4)
     assert float(np.abs(raw_top - ema_top).max()) > 1e-2
 
-    _rewind_to(out, 2)
+    rewind_run(out, 2)
     for flag in (["--ema-decay", "0.9"], ["--accumulate", "2"]):
         assert main(["train", "--resume", "--output", out, *flag]) == 2
         assert f"cannot change {flag[0]}" in capsys.readouterr().err

@@ -2,14 +2,13 @@
 (seed, epoch, position)), a resume with the full deit stack equal to the uninterrupted run bit
 for bit, the sin-cos position embeddings, --dry-run."""
 import json
-import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_vit
 from tests.conftest import random_images
+from tests.training.conftest import rewind_run
 from training import RECIPES, RunConfig, train
 from training.data import load_digits, make_train_pipeline
 from training.distribute import make_strategy
@@ -51,18 +50,6 @@ def test_deit_pipeline_is_a_function_of_seed_epoch_and_position():
     assert np.abs(plain[0][0] - full[0][0]).mean() > 5
 
 
-def _rewind(run_dir, step):
-    """The run directory as a kill right after checkpoint ``step`` would have left it."""
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    for name in os.listdir(ckpt_dir):
-        if name.startswith("ckpt-") and int(name.split("-")[1].split(".")[0]) > step:
-            os.remove(os.path.join(ckpt_dir, name))
-    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.join(ckpt_dir, f"ckpt-{step}"))
-    for name in ("metrics.json", "model.keras", "labels.txt", "labels.json"):
-        if os.path.exists(os.path.join(run_dir, name)):
-            os.remove(os.path.join(run_dir, name))
-
-
 def test_deit_run_resumed_after_a_kill_equals_the_uninterrupted_run_bit_for_bit(tmp_path):
     """RandAugment, random erasing, Mixup/CutMix, label smoothing and stochastic depth 0.1:
     every random draw is keyed by (seed, epoch, position / batch / step), none by how many
@@ -71,7 +58,7 @@ def test_deit_run_resumed_after_a_kill_equals_the_uninterrupted_run_bit_for_bit(
                        export=False)
     full = train(config, make_strategy("default"), verbose=False)
     expected = [w.numpy() for w in full["model"].weights]
-    _rewind(config.output, 3)  # what a kill -9 after the checkpoint of step 3 leaves
+    rewind_run(config.output, 3)  # what a kill -9 after the checkpoint of step 3 leaves
     resumed = train(config, make_strategy("default"), resume=True, verbose=False)
     assert resumed["metrics"]["steps"] == 6
     for want, got in zip(expected, resumed["model"].weights):

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO, random_images, run_python
+from tests.training.conftest import rewind_run
 from training import RECIPES, RunConfig, train
 from training.data import DataError, load_source
 from training.distribute import make_strategy
@@ -391,18 +392,6 @@ def test_nan_guard_says_when_no_checkpoint_was_kept(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")) is None
 
 
-def _rewind(run_dir, step):
-    """The run directory as a kill right after checkpoint ``step`` would have left it."""
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    for name in os.listdir(ckpt_dir):
-        if name.startswith("ckpt-") and int(name.split("-")[1].split(".")[0]) > step:
-            os.remove(os.path.join(ckpt_dir, name))
-    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.join(ckpt_dir, f"ckpt-{step}"))
-    for name in ("metrics.json", "model.keras", "labels.txt", "labels.json"):
-        if os.path.exists(os.path.join(run_dir, name)):
-            os.remove(os.path.join(run_dir, name))
-
-
 def test_resumed_run_with_augmentation_equals_the_uninterrupted_one(tmp_path):
     """Crops and flips are keyed by (seed, position): the resumed run sees the same data in
     the same order with the same optimizer state, bit for bit."""
@@ -411,7 +400,7 @@ def test_resumed_run_with_augmentation_equals_the_uninterrupted_one(tmp_path):
                        export=False)
     full = train(config, make_strategy("default"), verbose=False)
     expected = [w.numpy() for w in full["model"].weights]
-    _rewind(config.output, 3)
+    rewind_run(config.output, 3)
     resumed = train(config, make_strategy("default"), resume=True, verbose=False)
     assert resumed["metrics"]["steps"] == 6
     for want, got in zip(expected, resumed["model"].weights):
@@ -504,7 +493,7 @@ def test_bad_images_are_skipped_counted_named_and_a_resume_stays_bit_exact(tmp_p
         assert json.load(f)["skipped_images"] == skipped
     assert 0 < full["metrics"]["num_test_examples"] < 6
     expected = [w.numpy() for w in full["model"].weights]
-    _rewind(config.output, 3)
+    rewind_run(config.output, 3)
     resumed = train(config, make_strategy("default"), resume=True, verbose=False)
     for want, got in zip(expected, resumed["model"].weights):
         np.testing.assert_array_equal(got.numpy(), want)
