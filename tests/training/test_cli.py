@@ -42,6 +42,17 @@ def test_evaluate_batch_size_below_one_is_an_argument_error(tmp_path, capsys, va
     assert f"--batch-size: must be a positive integer, got '{value}'" in err.splitlines()[-1]
 
 
+def test_evaluate_refuses_a_served_model_in_one_line(tmp_path, capsys):
+    """evaluate decides what MODEL is with the one path-kind detector: an exported version
+    is named as such (before: 'model not found: .../saved_model/model.keras')."""
+    version = tmp_path / "export" / "vit" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    assert main(["evaluate", str(version), "--dataset", "digits"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is a served model (saved_model)" in lines[0], lines
+
+
 def test_output_that_is_not_a_run_directory_is_left_alone(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
