@@ -1,12 +1,15 @@
 """What losing a tf.data service worker mid-run costs: a short demo training (digits, each
 training example labelled with its own index, so every example the trainer receives is
 known) through a dispatcher and two workers on 127.0.0.1 (``keras-vit data-service``
-subprocesses), once with both workers to the end and once with one worker killed (SIGKILL)
-once the trainer has received ``--kill-after`` of the epoch's examples and started again at
-the same address at once (TensorFlow 2.21's trainer waits for a lost worker at the end of
-the epoch; a worker that never comes back stalls it). Counts, per run,
-the examples received twice or more and those never received, against the epoch's order,
-and the run's wall time and examples/s.
+subprocesses): with both workers to the end; with one worker killed (SIGKILL) once the
+trainer has received ``--kill-after`` of the epoch's examples and started again at the same
+address at once; and with that worker killed and never started again (TensorFlow 2.21's
+trainer waits for a lost worker's share at the end of the epoch: the trainer's stall
+timeout, ``--timeout`` here, ends that wait). Counts, per run, the examples received twice or
+more and those never received, against the epoch's order, the epochs the stall timeout
+ended, and the run's wall time and examples/s. With ``--overhead N``, also what the stall
+timeout costs the normal path: the service's epoch read (no training) N times each with and
+without it (alternating, one process), at 224 x 224.
 
     python benchmarks/data_service_loss.py --work /tmp/data-service-loss [--epochs 1]
 
@@ -69,9 +72,10 @@ def indexed_digits():
         num_classes=digits.num_train, labels=[str(i) for i in range(digits.num_train)])
 
 
-def one_run(work, name, epochs, kill_after):
+def one_run(work, name, epochs, kill_after, restart=True, timeout=120.0):
     """Trains through a fresh dispatcher and two workers; kills worker 2 once
-    ``kill_after`` (a fraction of one epoch) of the examples have been received."""
+    ``kill_after`` (a fraction of one epoch) of the examples have been received, and starts
+    it again at once at its address when ``restart``."""
     import numpy as np
 
     from training import RECIPES, RunConfig, train
@@ -98,8 +102,10 @@ def one_run(work, name, epochs, kill_after):
             workers[1].send_signal(signal.SIGKILL)
             workers[1].wait()
             killed["at_examples"] = int(tally.label_counts.sum())
-            # The same worker started again at its address: what TensorFlow 2.21 needs for
-            # the epoch to end (a worker that never comes back holds the epoch's end).
+            if not restart:  # the trainer's stall timeout ends the epoch
+                return True
+            # The same worker started again at its address: TensorFlow 2.21 then lets the
+            # epoch end without the stall timeout.
             workers[1] = subprocess.Popen(
                 [sys.executable, "-m", "training.cli", "data-service", *worker_args[1]],
                 cwd=ROOT, stdout=open(f"{work}/{name}-w2-restarted.log", "w"),
@@ -110,7 +116,8 @@ def one_run(work, name, epochs, kill_after):
     try:
         start = time.perf_counter()
         result = train(RunConfig(recipe=recipe, output=f"{work}/{name}", export=False,
-                                 data_service=f"grpc://127.0.0.1:{port}"),
+                                 data_service=f"grpc://127.0.0.1:{port}",
+                                 data_service_timeout=timeout),
                        make_strategy("default"), source=source, verbose=False)
         wall = time.perf_counter() - start
     finally:
@@ -130,6 +137,79 @@ def one_run(work, name, epochs, kill_after):
                     epochs)
 
 
+def overhead(work, repetitions, image_size=224, batch_size=64):
+    """Seconds to read one epoch of the digits (1,437, at ``image_size``) from the service
+    (dispatcher and two workers; no training), ``repetitions`` times each with the stall
+    timeout's pipeline and with the service's dataset as it was before it, alternating."""
+    import contextlib
+
+    import numpy as np
+
+    from training import RECIPES, RunConfig
+    from training.data_service import ServiceInput
+    from training.distribute import make_strategy
+    from training.run_state import set_up
+
+    dispatcher, port = start_server(["dispatcher", "--port", "0"], f"{work}/overhead-d.log")
+    workers = [start_server(["worker", "--dispatcher", f"127.0.0.1:{port}", "--address",
+                             "127.0.0.1"], f"{work}/overhead-w{i}.log")[0] for i in (1, 2)]
+    recipe = RECIPES["demo"].replace(image_size=image_size, batch_size=batch_size, epochs=1)
+    config = RunConfig(recipe=recipe, output=f"{work}/overhead", export=False,
+                       data_service=f"grpc://127.0.0.1:{port}")
+    strategy = make_strategy("default")
+    times = {"with": [], "without": []}
+    try:
+        with contextlib.ExitStack() as held:
+            service = ServiceInput(set_up(config, strategy, False, None, False, held))
+            bounded = ServiceInput._bounded
+            for repetition in range(2 * repetitions + 1):
+                kind = ("with", "without")[repetition % 2]
+                ServiceInput._bounded = bounded if kind == "with" else (
+                    lambda self, service_ds, epoch, expected: service_ds)
+                start = time.perf_counter()
+                for _ in strategy.distribute_datasets_from_function(
+                        service.dataset_fn(repetition, 0)):
+                    pass
+                if repetition:  # the first read: warm-up (tracing, the workers' start)
+                    times[kind].append(time.perf_counter() - start)
+            ServiceInput._bounded = bounded
+    finally:
+        for process in [*workers, dispatcher]:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    return {"run": f"epoch read, {image_size}x{image_size}, batch {batch_size}",
+            **{f"{kind}_stall_timeout_s": [round(t, 2) for t in times[kind]]
+               for kind in times},
+            **{f"{kind}_median_s": round(float(np.median(times[kind])), 2) for kind in times}}
+
+
+def guard_cost(batches=400, image_size=224, batch_size=64):
+    """Microseconds a batch costs in :func:`training.data_service.service_batches` (the
+    stall timeout's reader), on a local dataset of ready batches: the same pipeline read
+    with and without it (median of 5 reads each, alternating)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from training.data_service import service_batches
+
+    ready = tf.data.Dataset.from_tensors(
+        (tf.zeros([batch_size, image_size, image_size, 3]), tf.zeros([batch_size], tf.int64))
+    ).repeat(batches)
+    guarded = tf.data.Dataset.from_generator(lambda: service_batches(ready, 120.0),
+                                             output_signature=ready.element_spec)
+    times = {"with": [], "without": []}
+    for repetition in range(11):
+        kind = ("with", "without")[repetition % 2]
+        start = time.perf_counter()
+        for _ in (guarded if kind == "with" else ready).prefetch(2):
+            pass
+        if repetition > 1:
+            times[kind].append((time.perf_counter() - start) / batches * 1e6)
+    return {"run": f"reader cost per batch ({batch_size}x{image_size}x{image_size}), us",
+            **{f"{kind}_median_us": round(float(np.median(times[kind])), 1)
+               for kind in times}}
+
+
 def _figures(name, metrics, expected, got, wall, killed, epochs):
     import numpy as np
 
@@ -142,6 +222,7 @@ def _figures(name, metrics, expected, got, wall, killed, epochs):
         "examples_repeated": int(np.maximum(got - expected, 0).sum()),
         "examples_never_received": int(np.maximum(expected - got, 0).sum()),
         "killed_after_examples": killed.get("at_examples"),
+        "epochs_ended_by_stall_timeout": service["epochs_ended_by_stall_timeout"],
         "wall_time_s": round(wall, 1),
         "examples_per_second": round(metrics["examples_per_second"] or 0, 1),
         "top1": round(metrics["top1"], 4),
@@ -154,13 +235,22 @@ def main():
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--kill-after", type=float, default=0.4,
                         help="fraction of the first epoch received before the kill")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="the trainer's --data-service-timeout, seconds")
+    parser.add_argument("--overhead", type=int, default=0, metavar="N",
+                        help="also time N epoch reads with and without the stall timeout")
     args = parser.parse_args()
     from export.startup import start_tensorflow
     start_tensorflow("data_service_loss")
 
     shutil.rmtree(args.work, ignore_errors=True)
-    figures = [one_run(args.work, "both-workers", args.epochs, None),
-               one_run(args.work, "one-killed", args.epochs, args.kill_after)]
+    figures = [one_run(args.work, "both-workers", args.epochs, None, timeout=args.timeout),
+               one_run(args.work, "one-killed-restarted", args.epochs, args.kill_after,
+                       timeout=args.timeout),
+               one_run(args.work, "one-killed-never-restarted", args.epochs, args.kill_after,
+                       restart=False, timeout=args.timeout)]
+    if args.overhead:
+        figures += [overhead(args.work, args.overhead), guard_cost()]
     for row in figures:
         print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     print(json.dumps(figures))

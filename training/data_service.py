@@ -7,11 +7,32 @@ Processing mode: ``distributed_epoch`` (``ShardingPolicy.DYNAMIC``). The dispatc
 out the epoch's examples (in the epoch's shuffled order) to whichever worker asks next, so
 slow and fast workers share the load and workers may join mid-run. tf.data promises at most
 once per epoch: the examples a lost worker held are never seen in that epoch (counted in
-``metrics.json``). TensorFlow 2.21's trainer waits at the end of the epoch for a lost
-worker: started again at the same address, it lets the epoch end. ``parallel_epochs``
-(``OFF``) would have every worker produce the whole epoch (each example once per worker); the static
-policies (``FILE``/``DATA``) need a fixed list of workers and wait for a lost one to come
-back.
+``metrics.json``). ``parallel_epochs`` (``OFF``) would have every worker produce the whole
+epoch (each example once per worker); the static policies (``FILE``/``DATA``) need a fixed
+list of workers and wait for a lost one to come back.
+
+A lost worker, and the stall timeout (``--data-service-timeout``, default
+:data:`DEFAULT_STALL_TIMEOUT_S`). TensorFlow 2.21's trainer-side client ends an epoch only
+when the dispatcher says the job's iteration is finished, which needs every task of the job
+finished, the lost worker's too; the dispatcher, when a worker misses its heartbeats
+(``worker_timeout_ms``), only logs "Lost worker" and keeps its task, and no setting of the
+dispatcher (``job_gc_timeout_ms``, ``client_timeout_ms``) or of ``distribute`` finishes it.
+A worker started again at the same address takes its task back and finishes it; one that
+never comes back would hold the epoch's end for ever. So the trainer bounds the wait itself,
+inside the tf.data pipeline each trainer builds: the service's batches are fetched with a
+cancellable ``IteratorGetNext`` (:func:`service_batches`), and a wait for the next batch that
+lasts the timeout is cancelled, which ends this trainer's service stream for the epoch; the
+existing stand-in concatenation then fills the epoch's remaining steps with label -1
+examples (counted as not delivered), so every trainer of a multi-worker run still takes the
+same number of steps, each having timed out on its own. The next epoch is a new job. The
+normal path pays one Python call per batch (the tally already made one); measured in
+benchmarks/results/2026-12-06-data-service-loss-ice-lake.md. One trainer knows how many
+examples its epoch has: it stops asking once all have come, so an epoch whose splits all
+reached live workers does not wait for the lost worker's (empty) share either. Trainers of a
+multi-worker run share a job and cannot know their share: each of their epochs waits out the
+timeout until the lost worker is back (seen with two trainers on one host: the epoch after
+the loss, a new job listing the dead worker, waited the timeout on both, and both took all
+their steps and exited 0).
 
 What holds with the service (and what does not, see docs/training.md): each example's
 augmentation is a function of (seed, epoch, its position in the epoch's order), as without
@@ -26,6 +47,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import List, Optional, Tuple
@@ -37,6 +59,10 @@ PROCESSING_MODE = "distributed_epoch"
 # (TensorFlow's default: an hour).
 WORKER_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 10.0
+# How long a trainer waits for the service's next batch before it takes the rest of the
+# epoch as not delivered (--data-service-timeout): long enough for a job's first batch on a
+# loaded host, short against an epoch of a real dataset.
+DEFAULT_STALL_TIMEOUT_S = 120.0
 DISPATCHER_WAIT_S = 60.0
 _DISPATCHER_SERVICE = "/tensorflow.data.DispatcherService/"
 
@@ -68,6 +94,15 @@ def check_data_service(address: str, dataset: str) -> None:
         raise ValueError(f"--data-service cannot serve --dataset {dataset}: the workers look "
                          "examples up by index, which TFDS record files do not offer; use "
                          "digits or folder:PATH")
+
+
+def check_stall_timeout(seconds, flag: str = "--data-service-timeout") -> float:
+    """``seconds`` when it is a usable stall timeout; a ValueError naming ``flag`` otherwise."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not 0 < seconds < float("inf"):
+        raise ValueError(f"{flag} {seconds!r}: expected a number of seconds > 0 (how long a "
+                         "trainer waits for the service's next batch)")
+    return seconds
 
 
 def check_port(port: int, flag: str = "--port") -> int:
@@ -207,11 +242,13 @@ def check_reachable(address: str) -> List[str]:
 class Tally:
     """What the training host received from the service (counted on the host, as the
     batches arrive): examples, per label, and stand-in examples (label -1) for the ones the
-    service did not deliver (a lost worker, an unreadable image, the end of an epoch)."""
+    service did not deliver (a lost worker, an unreadable image, the end of an epoch); and
+    the epochs whose service stream the stall timeout ended."""
 
     def __init__(self, num_classes: int):
         self.label_counts = np.zeros(num_classes, np.int64)
         self.missing = 0
+        self.stalled_epochs: List[int] = []
         self._lock = threading.Lock()
 
     def add(self, labels) -> bool:
@@ -222,11 +259,98 @@ class Tally:
             self.missing += int((labels < 0).sum())
         return True
 
-    def summary(self, dispatcher: str, workers: List[str]) -> dict:
+    def stalled(self, epoch: int) -> None:
+        with self._lock:
+            self.stalled_epochs.append(epoch)
+
+    def summary(self, dispatcher: str, workers: List[str], timeout: float) -> dict:
         return {"dispatcher": dispatcher, "processing_mode": PROCESSING_MODE,
                 "workers_at_start": workers,
                 "examples_received": int(self.label_counts.sum()),
-                "examples_not_delivered": self.missing}
+                "examples_not_delivered": self.missing,
+                "stall_timeout_s": timeout,
+                # 1-based; an epoch twice when two of this host's input pipelines stalled
+                "epochs_ended_by_stall_timeout": sorted(self.stalled_epochs)}
+
+
+class StallWatch:
+    """Cancels (through :attr:`manager`, a TensorFlow cancellation manager) a wait for the
+    service's next batch once it has lasted ``timeout`` seconds: one thread that looks at
+    the current wait every ``timeout / 4`` seconds (at most 1 s), so that a batch costs the
+    reader two assignments, not a thread switch."""
+
+    def __init__(self, timeout: float):
+        from tensorflow.python.eager.cancellation import CancellationManager
+
+        self.timeout = timeout
+        self.manager = CancellationManager()
+        self.fired = False
+        self.since: Optional[float] = None  # when the current wait began (the reader sets it)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="keras-vit-data-service-stall-watch")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(min(1.0, self.timeout / 4)):
+            since = self.since
+            if since is not None and time.monotonic() - since >= self.timeout:
+                self.fired = True
+                self.manager.start_cancel()  # the iterator's GetNext returns Cancelled
+                return
+
+
+def _get_next(iterator, manager):
+    """``iterator``'s next element as its flat list of tensors, through an
+    ``IteratorGetNext`` that ``manager`` can cancel (the op's cancellation cancels the whole
+    iterator: tf.data's IteratorResource forwards it, and the service's client stops)."""
+    from tensorflow.python.eager import context, execute
+
+    attrs = ("output_types", [execute.make_type(t, "output_types")
+                              for t in iterator._flat_output_types],
+             "output_shapes", [execute.make_shape(s, "output_shapes")
+                               for s in iterator._flat_output_shapes])
+    return execute.execute_with_cancellation(
+        "IteratorGetNext", len(attrs[1]), inputs=[iterator._iterator_resource], attrs=attrs,
+        ctx=context.context(), cancellation_manager=manager)
+
+
+def service_batches(service_ds, timeout: float, expected: Optional[int] = None,
+                    on_stall=None):
+    """The batches of ``service_ds`` (a dataset read from the tf.data service), as they come.
+    Ends when the service ends the stream; when ``expected`` examples have come (nothing
+    more can come: it does not wait for the service to say so); or when no batch has come
+    for ``timeout`` seconds (a lost worker: TensorFlow would wait for ever), after calling
+    ``on_stall()``. The elements are the service's own tensors (no copy)."""
+    import tensorflow as tf
+
+    spec = service_ds.element_spec
+    iterator = iter(service_ds)
+    watch = StallWatch(timeout)
+    received = 0
+    try:
+        while expected is None or received < expected:
+            watch.since = time.monotonic()
+            try:
+                flat = _get_next(iterator, watch.manager)
+            except tf.errors.OutOfRangeError:
+                return
+            except tf.errors.CancelledError:
+                if not watch.fired:
+                    raise
+                if on_stall is not None:
+                    on_stall()
+                return
+            finally:
+                watch.since = None
+            received += int(flat[0].shape[0])
+            yield tf.nest.pack_sequence_as(spec, flat)
+    finally:
+        watch.stop()
 
 
 class ServiceInput:
@@ -244,7 +368,9 @@ class ServiceInput:
         self.tally = Tally(source.num_classes)
 
     def summary(self) -> dict:
-        return self.tally.summary(self.run.config.data_service, self.workers)
+        config = self.run.config
+        return self.tally.summary(config.data_service, self.workers,
+                                  config.data_service_timeout)
 
     def dataset_fn(self, epoch: int, first_step: int):
         """``distribute_datasets_from_function``'s function for the steps
@@ -276,13 +402,14 @@ class ServiceInput:
                                                         tf.gather(labels, index)),
                         num_parallel_calls=tf.data.AUTOTUNE)
             ds = ds.ignore_errors().batch(batch_size)  # an unreadable image is left out
-            ds = ds.apply(tf.data.experimental.service.distribute(
+            ds = self._bounded(ds.apply(tf.data.experimental.service.distribute(
                 processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
                 service=run.config.data_service, job_name=self._job_name(context, epoch,
-                                                                         first_step)))
+                                                                         first_step))),
+                epoch, end - begin if context.num_input_pipelines == 1 else None)
             # Partial batches from the workers are joined here; whatever the service could
-            # not deliver is replaced by label -1 (trains nothing) so that every trainer
-            # takes the same number of steps.
+            # not deliver (or the stall timeout cut off) is replaced by label -1 (trains
+            # nothing) so that every trainer takes the same number of steps.
             ds = ds.unbatch().batch(batch_size, drop_remainder=True)
             stand_in = tf.data.Dataset.from_tensors(_fallback(
                 recipe.image_size, self.labels.dtype)()).repeat().batch(batch_size)
@@ -296,6 +423,26 @@ class ServiceInput:
             return ds.with_options(_options()).prefetch(tf.data.AUTOTUNE)
 
         return dataset_fn
+
+    def _bounded(self, service_ds, epoch: int, expected: Optional[int]):
+        """``service_ds`` through :func:`service_batches`: its stream for this epoch ends
+        when a batch has been awaited ``--data-service-timeout`` seconds."""
+        import tensorflow as tf
+
+        timeout = self.run.config.data_service_timeout
+        return tf.data.Dataset.from_generator(
+            lambda: service_batches(service_ds, timeout, expected,
+                                    lambda: self._stalled(epoch, timeout)),
+            output_signature=service_ds.element_spec)
+
+    def _stalled(self, epoch: int, timeout: float) -> None:
+        self.tally.stalled(epoch + 1)
+        if self.run.verbose:
+            print(f"\nkeras-vit train: no batch from the tf.data service at "
+                  f"{self.run.config.data_service} for {timeout:g} s in epoch {epoch + 1}: a "
+                  "worker was probably lost (TensorFlow waits for its share); the epoch's "
+                  "remaining examples are stand-ins, counted as not delivered, and the next "
+                  "epoch starts a new job", file=sys.stderr, flush=True)
 
     def _count(self, images, labels):
         import tensorflow as tf

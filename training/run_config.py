@@ -12,6 +12,7 @@ import tensorflow as tf
 import keras_vit
 from export.run_layout import CONFIG, RunLayout
 from keras_vit.sources import parse_json
+from training.data_service import DEFAULT_STALL_TIMEOUT_S, check_stall_timeout
 from training.recipes import (DEFAULT_MAX_BAD_IMAGES, PRECISIONS, TINY_MODEL, Recipe,
                               check_accumulate)
 
@@ -39,6 +40,8 @@ class RunConfig:
     export: bool = True
     max_bad_images: int = DEFAULT_MAX_BAD_IMAGES
     data_service: Optional[str] = None  # grpc://HOST:PORT of a tf.data service dispatcher
+    # seconds a trainer waits for the service's next batch (--data-service-timeout)
+    data_service_timeout: float = DEFAULT_STALL_TIMEOUT_S
     accumulate: int = 1  # micro-batches a step (--accumulate; training.steps)
 
     def validate(self) -> "RunConfig":
@@ -58,6 +61,7 @@ class RunConfig:
         if self.data_service is not None:
             from training.data_service import check_data_service
             check_data_service(self.data_service, self.recipe.dataset)
+        check_stall_timeout(self.data_service_timeout)
         check_accumulate(self.accumulate, self.recipe.batch_size)
         keras_vit.variants.check_fits(  # --image-size 100000: refused before anything is built
             model_architecture(self.recipe.model), self.recipe.image_size, num_prefix_tokens=0,

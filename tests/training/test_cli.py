@@ -3,6 +3,7 @@ right thing, with nothing written that misleads. In-process: ``main`` is what th
 script runs (the subprocess test in test_training.py checks the exit code end to end)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,21 @@ import tensorflow as tf
 from training.cli import main
 
 TINY_RUN = ["--image-size", "16", "--batch-size", "16", "--steps", "4", "--warmup-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished 4-step run (checkpoints of steps 2 and 4, no export), trained once for the
+    tests that resume or damage a run: each works on its own copy."""
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    saved = dict(os.environ)  # main sets TensorFlow defaults (see tests/conftest.py)
+    try:
+        assert main(["train", *TINY_RUN, "--checkpoint-every", "2", "--output", str(out),
+                     "--no-export"]) == 0
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return out
 
 
 def _error(capsys, argv):
@@ -62,10 +78,10 @@ def test_output_that_is_not_a_run_directory_is_left_alone(tmp_path, capsys):
     assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "precious"
 
 
-def test_resume_refuses_flags_it_cannot_honour_and_bad_config_files(tmp_path, capsys):
+def test_resume_refuses_flags_it_cannot_honour_and_bad_config_files(tiny_run, tmp_path,
+                                                                    capsys):
     out = tmp_path / "run"
-    assert main(["train", *TINY_RUN, "--output", str(out), "--no-export"]) == 0
-    capsys.readouterr()
+    shutil.copytree(tiny_run, out)
     error = _error(capsys, ["--resume", "--output", str(out), "--learning-rate", "0.1"])
     assert "cannot change --learning-rate" in error and "--steps" in error
     config = json.loads((out / "config.json").read_text())
@@ -157,11 +173,10 @@ def _truncate(path):
         f.truncate(os.path.getsize(path) // 2)
 
 
-def test_damaged_resume_state_is_a_one_line_error_naming_the_file_and_field(tmp_path, capsys):
+def test_damaged_resume_state_is_a_one_line_error_naming_the_file_and_field(tiny_run, tmp_path,
+                                                                           capsys):
     out = tmp_path / "run"
-    assert main(["train", *TINY_RUN, "--checkpoint-every", "2", "--output", str(out),
-                 "--no-export"]) == 0
-    capsys.readouterr()
+    shutil.copytree(tiny_run, out)
     config_path = out / "config.json"
     config = json.loads(config_path.read_text())
     # A field of the wrong type (a TypeError inside tf.image before).
@@ -270,3 +285,11 @@ def test_class_names_that_do_not_fit_labels_txt_round_trip_exactly(tmp_path, cap
     os.remove(out / "labels.json")
     (out / "labels.txt").write_text("x\ny\nz\n")
     assert _predictions(capsys, str(out), image)["labels"][0] in ("x", "y", "z")
+
+
+def test_resume_refuses_a_flag_given_as_zero(tmp_path, capsys):
+    """A flag given with the value 0 is given (before: 0 counted as absent, so --resume
+    --seed 0 continued with the run's own seed without a word)."""
+    for flag in ("--seed", "--accumulate"):
+        error = _error(capsys, ["--resume", "--output", str(tmp_path), flag, "0"])
+        assert f"cannot change {flag}" in error, error

@@ -44,9 +44,10 @@ def _port(started, timeout=180):
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(tmp_path_factory, lost_worker):
     """grpc://127.0.0.1:PORT of a dispatcher with two workers; on teardown, each server must
-    stop on SIGTERM with exit code 0."""
+    stop on SIGTERM with exit code 0. (Asks for ``lost_worker`` only to start that run
+    first: it runs, mostly tracing and waiting, while the tests here do.)"""
     logs = tmp_path_factory.mktemp("data-service")
     port = _free_port()
     dispatcher = _start(["dispatcher", "--port", str(port)], logs / "dispatcher.log")
@@ -134,6 +135,9 @@ def test_no_dispatcher_or_no_worker_is_a_quick_one_line_error(tmp_path, capsys):
      "--max-bad-images does not apply with --data-service"),
     (["data-service", "worker", "--dispatcher", "nohost"], "--dispatcher 'nohost'"),
     (["data-service", "dispatcher", "--port", "70000"], "--port 70000"),
+    (["train", "--data-service-timeout", "0"], "--data-service-timeout 0.0: expected a number "
+     "of seconds > 0"),
+    (["train", "--data-service-timeout", "5"], "applies only with --data-service"),
 ])
 def test_what_cannot_work_is_refused_in_one_line(argv, message, capsys):
     from training.cli import main
@@ -169,3 +173,101 @@ def test_the_deit_augmentations_reach_the_batches_of_the_service(service, tmp_pa
     assert targets.shape == (32, 10) and targets.dtype == tf.float32
     assert np.allclose(np.sum(targets, axis=-1), 1.0, atol=1e-5)
     assert np.max(targets) < 1.0  # label smoothing and mixing: no one-hot row
+
+
+def _train_losing_a_worker(port, doomed_pid, argv):
+    """Run in a subprocess by the test below (its time bound): a dispatcher on ``port`` (here)
+    for the worker ``doomed_pid``; once the trainer has received 10 batches from that worker
+    alone, a second worker joins (here) and the first is SIGKILLed; ``keras-vit train ARGV``
+    runs through them. By then the trainer's first step is traced and waits on the worker
+    (RandAugment on it costs more than the tiny model's step), so the worker dies in the
+    middle of a batch: the only kind of loss (a TensorFlow worker does not work ahead of
+    requests; one killed while idle costs no example)."""
+    import os
+
+    import tensorflow as tf
+
+    from training import data_service
+    from training.cli import main
+
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=port))
+    while not data_service.probe_dispatcher("127.0.0.1", port):
+        time.sleep(0.2)
+    add, live = data_service.Tally.add, []
+
+    def add_then_swap(tally, labels):
+        add(tally, labels)
+        if not live and tally.label_counts.sum() >= 10 * 32:
+            live.append(service.WorkerServer(service.WorkerConfig(
+                dispatcher_address=f"127.0.0.1:{port}", worker_address="127.0.0.1:%port%")))
+            os.kill(doomed_pid, signal.SIGKILL)
+            print(f"killed after {int(tally.label_counts.sum())} examples", flush=True)
+        return True
+
+    data_service.Tally.add = add_then_swap
+    code = main(argv)
+    live[0].stop()
+    dispatcher.stop()
+    sys.exit(code)
+
+
+LOST_WORKER_BOUND_S = 240  # from the start of the module's first test using the service
+
+
+@pytest.fixture(scope="module")
+def lost_worker(tmp_path_factory):
+    """The run of test_a_worker_lost_for_good_costs_its_examples_not_the_run, started in the
+    background: a worker process (doomed) and the trainer's process (:func:`_train_losing_a
+    _worker`, with the dispatcher and the second worker); yields (trainer process, when it
+    started, its directory); on teardown, kills what is left."""
+    logs = tmp_path_factory.mktemp("lost-worker")
+    port = _free_port()
+    doomed = _start(["worker", "--dispatcher", f"127.0.0.1:{port}", "--address", "127.0.0.1"],
+                    logs / "doomed.log")[0]
+    argv = ["train", "--data-service", f"grpc://127.0.0.1:{port}", "--data-service-timeout",
+            "10", "--recipe", "deit", "--model", "tiny", "--dataset", "digits", "--image-size",
+            "32", "--epochs", "2", "--batch-size", "32", "--warmup-steps", "1", "--no-export",
+            "--output", str(logs / "run")]
+    code = (f"from tests.training.test_data_service import _train_losing_a_worker as t; "
+            f"t({port}, {doomed.pid}, {argv!r})")
+    trainer = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
+                               stdout=open(logs / "trainer.out", "w"),
+                               stderr=open(logs / "trainer.err", "w"),
+                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO,
+                                    "HOME": str(logs)})
+    yield trainer, time.monotonic(), logs
+    for process in (trainer, doomed):
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def test_a_worker_lost_for_good_costs_its_examples_not_the_run(lost_worker):
+    """A dispatcher and two workers on 127.0.0.1: one worker, alone at first, is SIGKILLed
+    mid-epoch and never restarted while the other goes on. TensorFlow 2.21's trainer would
+    wait for the lost worker's share at the end of the epoch for ever; with
+    --data-service-timeout the run takes every step, counts what the worker took with it as
+    not delivered, starts the next epoch (a new job, which the dead worker, still
+    registered, cannot stall: all of that epoch's examples come) and exits 0."""
+    import json
+
+    trainer, started, logs = lost_worker
+    try:  # the bound: on TensorFlow's own behaviour the run never ends
+        code = trainer.wait(timeout=max(1.0, started + LOST_WORKER_BOUND_S - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the run did not end within {LOST_WORKER_BOUND_S} s: "
+                             f"{(logs / 'trainer.err').read_text()[-2000:]}") from None
+    out, err = (logs / "trainer.out").read_text(), (logs / "trainer.err").read_text()
+    assert code == 0, (out + err)[-3000:]
+    assert re.search(r"killed after \d+ examples", out), out[-2000:]
+    stalls = re.findall(r"no batch from the tf.data service at \S+ for 10 s in epoch (\d+): "
+                        r"a worker was probably lost", err)
+    assert stalls == ["1"], err[-3000:]
+    metrics = json.loads((logs / "run" / "metrics.json").read_text())
+    served = metrics["data_service"]
+    assert metrics["steps"] == 2 * 44  # 1,437 digits: 44 steps of 32 an epoch
+    assert served["examples_not_delivered"] > 0
+    assert served["examples_received"] + served["examples_not_delivered"] == 88 * 32
+    assert served["epochs_ended_by_stall_timeout"] == [1]
+    assert served["stall_timeout_s"] == 10

@@ -11,6 +11,7 @@ HELP = "train or fine-tune (the main job)"
 
 
 def add_arguments(parser):
+    from training.data_service import DEFAULT_STALL_TIMEOUT_S
     from training.distribute import STRATEGIES
     from training.recipes import DEFAULT_MAX_BAD_IMAGES, PRECISIONS, RECIPES
 
@@ -54,6 +55,11 @@ def add_arguments(parser):
     parser.add_argument("--data-service", metavar="grpc://HOST:PORT",
                         help="read, decode and augment on the workers of this tf.data service "
                              "dispatcher (keras-vit data-service); not bit-exact")
+    parser.add_argument("--data-service-timeout", type=float, metavar="SECONDS",
+                        help="with --data-service: a trainer that has waited this long for "
+                             "the service's next batch (a lost worker) takes the rest of the "
+                             "epoch as not delivered and goes on (default: "
+                             f"{DEFAULT_STALL_TIMEOUT_S:g})")
     parser.add_argument("--accumulate", type=int, metavar="K",
                         help="gradient accumulation: each step runs K micro-batches, the K "
                              "slices of the batch, one after the other (the same update in "
@@ -71,6 +77,11 @@ def check(args) -> None:
         if args.accumulate is not None:
             from training.recipes import check_accumulate
             check_accumulate(args.accumulate, recipe.batch_size)
+    if args.data_service_timeout is not None:
+        from training.data_service import check_stall_timeout
+        check_stall_timeout(args.data_service_timeout)
+        if args.data_service is None and not args.resume:
+            raise ValueError("--data-service-timeout applies only with --data-service")
     if args.data_service is not None:
         from training.data_service import check_data_service
         check_data_service(args.data_service, args.dataset or "")
@@ -83,7 +94,7 @@ def check(args) -> None:
 # What --resume may change: the length of the run (the learning-rate schedule is stretched to
 # the new length), checkpointing, the export, and where it runs and reads its data from.
 RESUME_MAY_CHANGE = ("steps", "epochs", "checkpoint_every", "no_export", "strategy", "tpu",
-                     "data_dir", "max_bad_images", "data_service")
+                     "data_dir", "max_bad_images", "data_service", "data_service_timeout")
 
 
 def _flag(name):
@@ -98,7 +109,7 @@ def _resume_config(args):
         raise ValueError("--resume needs --output RUN_DIR")
     given = [name for name, value in vars(args).items()
              if name not in ("command", "resume", "output", "dry_run")
-             and value not in (None, False)]
+             and value is not None and value is not False]  # 0 is a value given
     refused = [name for name in given if name not in RESUME_MAY_CHANGE]
     if refused:
         raise ValueError(f"--resume continues the run as its config.json says and cannot "
@@ -113,6 +124,7 @@ def _resume_config(args):
     if args.max_bad_images is not None:
         config.max_bad_images = args.max_bad_images
     config.data_service = args.data_service or config.data_service
+    config.data_service_timeout = args.data_service_timeout or config.data_service_timeout
     return config
 
 
@@ -136,7 +148,7 @@ def _new_config(args):
     optional = {name: getattr(args, name) for name in ("strategy", "precision",
                                                        "checkpoint_every", "seed",
                                                        "max_bad_images", "data_service",
-                                                       "accumulate")
+                                                       "data_service_timeout", "accumulate")
                 if getattr(args, name) is not None}
     return RunConfig(recipe=recipe, output=output, jit_compile=args.jit_compile,
                      weights=args.weights, data_dir=args.data_dir,
