@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vit import preprocess_image
-from keras_vit.preprocessing import _MAGIC, _pixel_check, decode_image
+from keras_vit.preprocessing import DEFAULT_INTERPOLATION, _MAGIC, _pixel_check, decode_image
 from training.augment import batch_mixer, image_augmenter
 from training.recipes import DEFAULT_MAX_BAD_IMAGES
 
@@ -497,12 +497,13 @@ def _mix_batches(ds, per_batch, seed, input_context, first_batch: int):
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _read_and_resize(read, image_size):
+def _read_and_resize(read, image_size, interpolation: str = DEFAULT_INTERPOLATION):
     """(item, label) -> (model-resolution float32 pixels, label), for evaluation."""
     @_no_autograph
     def prepare(item, label):
         image = read(item) if read is not None else item
-        return preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS), label
+        return preprocess_image(image, image_size, max_pixels=TRAINING_MAX_PIXELS,
+                                interpolation=interpolation), label
     return prepare
 
 
@@ -531,9 +532,12 @@ def make_eval_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *, num_
 
 
 def make_pipeline(ds: tf.data.Dataset, image_size, batch_size: int, *,
-                  read: Optional[Callable] = None) -> tf.data.Dataset:
+                  read: Optional[Callable] = None,
+                  interpolation: str = DEFAULT_INTERPOLATION) -> tf.data.Dataset:
     """Plain evaluation batches (no padding, no augmentation), e.g. for ``keras-vit
-    evaluate``. Training goes through :func:`make_train_pipeline`."""
-    ds = ds.map(_read_and_resize(read, image_size), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    evaluate``, resized with ``interpolation`` (the model's:
+    :func:`keras_vit.preprocessing.model_interpolation`). Training goes through
+    :func:`make_train_pipeline`."""
+    ds = ds.map(_read_and_resize(read, image_size, interpolation),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).with_options(_options()).prefetch(tf.data.AUTOTUNE)

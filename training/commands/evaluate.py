@@ -45,21 +45,30 @@ def check(args):
 
 
 def run(args) -> int:
-    import keras_vit
     from export.model_sources import load_keras_model
-    from training.data import load_source, make_pipeline
+    from training.data import load_source
     from training.steps import evaluate
 
     spec, dataset = check(args)
     model, _ = load_keras_model(spec)
     source = load_source(dataset, args.data_dir, test_split=args.test_split)
-    size = keras_vit.model_image_size(model)
-    test = make_pipeline(source.test, size, args.batch_size, read=source.read)
+    test = evaluation_batches(model, source, args.batch_size)
     results = evaluate(model, test)
     print(f"{source.name}: top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}  "
           f"loss {results['loss']:.4f}  ({results['num_examples']} examples)")
     report_per_class(model, test, source.labels, args.confusion)
     return 0
+
+
+def evaluation_batches(model, source, batch_size: int):
+    """``source``'s test split at ``model``'s resolution, resized with its interpolation
+    (a bicubic checkpoint is evaluated on bicubic pixels, as predict and the export see)."""
+    import keras_vit
+    from keras_vit.preprocessing import model_interpolation
+    from training.data import make_pipeline
+
+    return make_pipeline(source.test, keras_vit.model_image_size(model), batch_size,
+                         read=source.read, interpolation=model_interpolation(model))
 
 
 def per_class_accuracy(model, dataset, num_classes: int):

@@ -40,6 +40,7 @@ def run(args) -> int:
     import keras_vit
     from export.model_sources import load_keras_model
     from keras_vit import inspection
+    from keras_vit.preprocessing import model_interpolation
     from training import figures
 
     model, _ = load_keras_model(args.model, args.architecture)
@@ -48,7 +49,7 @@ def run(args) -> int:
         size = tuple(args.image_size * 2 if len(args.image_size) == 1 else args.image_size)
         inspection.token_grid(model, size)  # refuses sizes the model cannot take
         inspection.attention_bytes_per_image(model, size)  # and ones whose maps are too big
-    images = inspection_images(args.images, size)
+    images = inspection_images(args.images, size, model_interpolation(model))
     os.makedirs(args.output, exist_ok=True)
     written = []
     name = model.name
@@ -112,9 +113,11 @@ def _images_from(directory: str) -> List[bytes]:
     return list(zip(paths, read_image_files(paths)))
 
 
-def inspection_images(directory: Optional[str], image_size) -> np.ndarray:
+def inspection_images(directory: Optional[str], image_size,
+                      interpolation: str = "bilinear") -> np.ndarray:
     """(n, h, w, 3) pixels: the images of ``directory`` (or the built-in samples) through
-    the project's one preprocessing function, at ``image_size``."""
+    the project's one preprocessing function, at ``image_size``, resized with
+    ``interpolation`` (the model's)."""
     import numpy as np
     import tensorflow as tf
 
@@ -122,7 +125,8 @@ def inspection_images(directory: Optional[str], image_size) -> np.ndarray:
     from export.model_sources import preprocess_file
 
     if directory is None:
-        return np.stack([keras_vit.preprocess_image(tf.constant(image), image_size).numpy()
+        return np.stack([keras_vit.preprocess_image(tf.constant(image), image_size,
+                                                    interpolation=interpolation).numpy()
                          for image in builtin_sample_images()])
-    return np.stack([preprocess_file(path, data, image_size)
+    return np.stack([preprocess_file(path, data, image_size, interpolation)
                      for path, data in _images_from(directory)])
