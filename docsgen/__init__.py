@@ -56,8 +56,9 @@ def _argument_rows(parser: argparse.ArgumentParser):
         else:
             value = f"`{action.metavar or action.dest.upper()}`" + (
                 " ..." if action.nargs in ("+", "*") else "")
-        default = ("" if action.default in (None, False, argparse.SUPPRESS)
-                   or action.nargs == 0 else f"`{action.default}`")
+        default = ("" if action.default is None or action.default is False  # 0 is shown
+                   or action.default == argparse.SUPPRESS or action.nargs == 0
+                   else f"`{action.default}`")
         yield f"| {names} | {value} | {default} | {_cell(action.help or '')} |"
 
 

@@ -131,3 +131,10 @@ def test_readme_links_point_into_the_docs():
         if anchor:
             headings = re.findall(r"^#+\s+(.+)$", open(target, encoding="utf-8").read(), re.M)
             assert anchor[1:] in {_slug(h) for h in headings}, f"README: {path}{anchor}"
+
+
+def test_cli_reference_shows_a_default_of_zero():
+    """A default of 0 is a default (before: shown blank, like None)."""
+    rows = [line for line in docsgen.cli_page().splitlines() if line.startswith("| `--port` |")
+            and "default: any free one" in line]  # keras-vit data-service worker --port
+    assert len(rows) == 1 and "| `0` |" in rows[0], rows
