@@ -28,8 +28,19 @@ def model():
 
 @pytest.fixture
 def exported(model, tmp_path):
+    """An export of ``model`` a test may change (its own directory)."""
     return export_saved_model(model, str(tmp_path / "models"), name="tiny", labels=LABELS,
                               top_k=3)
+
+
+@pytest.fixture(scope="module")
+def shared_export(tmp_path_factory):
+    """(model, version directory, the version loaded) for the tests that only read an export:
+    one export for the module (each costs its tracing and warm-up), never written to."""
+    model = perturb(keras_vit.ViT(image_size=32, num_classes=5, name="tiny", **TINY), scale=0.1)
+    path = export_saved_model(model, str(tmp_path_factory.mktemp("served") / "models"),
+                              name="tiny", labels=LABELS, top_k=3)
+    return model, path, tf.saved_model.load(path)
 
 
 def _jpeg(h, w, seed):
@@ -69,8 +80,8 @@ def test_failed_export_leaves_nothing(model, tmp_path, monkeypatch):
     assert os.listdir(base / "tiny") == [".export.lock"]  # no version, no temporary directory
 
 
-def test_signatures_and_agreement_with_keras(model, exported):
-    loaded = tf.saved_model.load(exported)
+def test_signatures_and_agreement_with_keras(shared_export):
+    model, _, loaded = shared_export
     assert set(loaded.signatures) == {"serving_default", "serving_images"}
     images = [_jpeg(32, 32, 1), _png(50, 70, 2), _jpeg(20, 90, 3)]
     out = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
@@ -94,8 +105,8 @@ def test_signatures_and_agreement_with_keras(model, exported):
     (b"\xff\xd8garbage", r"image 0: unsupported image format \(allowed: JPEG, PNG, GIF, BMP\)"),
     (b"\xff\xd8\xffgarbage", "Invalid JPEG|corrupt|Error"),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image 0: corrupt PNG: no IHDR header")])
-def test_corrupt_or_empty_bytes_fail_with_invalid_argument(exported, payload, match):
-    loaded = tf.saved_model.load(exported)
+def test_corrupt_or_empty_bytes_fail_with_invalid_argument(shared_export, payload, match):
+    loaded = shared_export[2]
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
         loaded.signatures["serving_default"](image_bytes=tf.constant([payload]))
 
@@ -177,7 +188,8 @@ def test_frozen_export_too_large_leaves_nothing(model, tmp_path, monkeypatch):
         export_saved_model(model, str(tmp_path / "m"), name="big", precision="int8")
 
 
-def test_verify_passes_on_a_good_export(model, exported, monkeypatch):
+def test_verify_passes_on_a_good_export(shared_export, monkeypatch):
+    model, exported, _ = shared_export
     monkeypatch.chdir(os.path.dirname(os.path.dirname(exported)))
     report = verify_export(os.path.join("tiny", "1"), model=model)  # a relative path
     assert report["ok"], report["failures"]
@@ -280,7 +292,8 @@ def _rest_server(session_server):
     return server
 
 
-def test_rest_client_against_session_loader_server(model, exported):
+def test_rest_client_against_session_loader_server(shared_export):
+    model, exported, _ = shared_export
     server = _rest_server(_SessionServer(exported))
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
@@ -300,12 +313,12 @@ def test_rest_client_against_session_loader_server(model, exported):
         client.predict_rest(url, [b"x"], model="tiny", timeout=2)
 
 
-def test_grpc_client_against_session_loader_server(model, exported):
+def _grpc_server(session_server):
+    """A gRPC PredictionService running the export through the session loader; (server,
+    port), started."""
     import grpc
     from concurrent import futures
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    session_server = _SessionServer(exported)
 
     class Service(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
@@ -323,6 +336,12 @@ def test_grpc_client_against_session_loader_server(model, exported):
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Service(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    return server, port
+
+
+def test_grpc_client_against_session_loader_server(shared_export):
+    model, exported, _ = shared_export
+    server, port = _grpc_server(_SessionServer(exported))
     try:
         images = [_jpeg(32, 32, 9)]
         rows = client.predict_grpc(f"127.0.0.1:{port}", images, model="tiny")
