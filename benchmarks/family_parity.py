@@ -87,7 +87,8 @@ def _randomise(model, seed: int) -> None:
                 value = 1.0 + 0.2 * r
             elif p.ndim == 1:
                 value = 0.2 * r
-            elif name.endswith(("_token", "pos_embed", "latent")):
+            elif name.endswith(("_token", "pos_embed", "latent", "_tokens", "position_embeddings",
+                                "position_embedding.weight", "probe")):  # (transformers' names)
                 value = 0.5 * r
             else:
                 value = r / np.sqrt(np.prod(p.shape[1:]))
@@ -184,18 +185,26 @@ def cpu_name() -> str:
             f"model {info.get('model')}; {vector})")
 
 
-def real(torch_python: str, output: str, cases) -> None:
+def run_cases(script: str, torch_python: str, cases) -> list:
+    """Each case of ``script`` (this file or ``transformers_family.py``): ``torch-case`` in
+    ``torch_python`` writes it into a scratch directory, ``keras-case`` here loads and
+    compares it; the cases' JSON results."""
     results = []
     for case in cases:
         directory = tempfile.mkdtemp(prefix=f"family-{case}-")
         try:
-            subprocess.run([torch_python, __file__, "torch-case", case, directory], check=True)
-            result = subprocess.run([sys.executable, __file__, "keras-case", case, directory],
+            subprocess.run([torch_python, script, "torch-case", case, directory], check=True)
+            result = subprocess.run([sys.executable, script, "keras-case", case, directory],
                                     check=True, capture_output=True, text=True)
             results.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+    return results
+
+
+def real(torch_python: str, output: str, cases) -> None:
+    results = run_cases(__file__, torch_python, cases)
     data = {"written_by": "benchmarks/family_parity.py real", "cpu": cpu_name(),
             "cores": os.cpu_count(), "dtype": "float32", "threshold": 1e-4, "results": results}
     if output.endswith(".md"):  # (a results note: benchmarks/results holds compare.py's JSON)
@@ -227,6 +236,12 @@ def write_note(data: dict, path: str) -> None:
         lines.append(f"| {r['case']} | `{r['architecture']}` | {CASES[r['case']][2]} | "
                      f"{r['params']:,} | {tuple(r['output_shape'])} | "
                      f"{r['relative_difference']:.1e} | {r['seconds']} |")
+    finish_note(lines, data, path)
+
+
+def finish_note(lines, data: dict, path: str) -> None:
+    """Writes a parity note: ``lines`` and the largest relative difference against the
+    threshold (also for ``transformers_family.py``)."""
     worst = max(r["relative_difference"] for r in data["results"])
     lines += ["", f"Largest relative difference: {worst:.1e} "
                   f"({'under' if worst < data['threshold'] else 'OVER'} "

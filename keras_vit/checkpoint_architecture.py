@@ -9,13 +9,16 @@ import re
 from typing import Optional, Tuple
 
 import keras
+import numpy as np
 
 from keras_vit.checkpoints import (POS_EMBEDDING_KEY, CheckpointError, check_bounds,
                                    check_dtypes, check_position_grid, read_npz_index,
-                                   read_safetensors_index, transformers_prefix,
-                                   transformers_weights_file)
+                                   read_safetensors_arrays, read_safetensors_index,
+                                   transformers_prefix, transformers_weights_file)
 from keras_vit.position_embeddings import to_pair
-from keras_vit.checkpoints.timm_keys import timm_config_numerics, timm_model_args
+from keras_vit.checkpoints.timm_keys import (timm_architecture_name, timm_config_numerics,
+                                             timm_model_args)
+from keras_vit.checkpoints.transformers_keys import LAYOUTS
 from keras_vit.sources import (NUMERICS, TIMM, check_pooler_act, read_transformers_config,
                                source_numerics)
 from keras_vit.variants import VARIANTS, resnet_stride
@@ -270,6 +273,8 @@ def timm_architecture(path: str, classifier: Optional[str] = None,
     check_bounds(path, bounds)
     _check_holds_blocks(index, _TIMM_BLOCK, args, path)
     args.update(timm_family(index, path, config, classifier, numerics or {}))
+    if "num_classes" in args and timm_projection(index, path, config):
+        args["projection_dim"] = args.pop("num_classes")
     prefix = (int("cls_token" in index) + int(args["classifier"] == "distilled")
               + args.get("num_register_tokens", 0))
     tokens = _timm_shape(index, path, "pos_embed", 3)[1]
@@ -314,6 +319,24 @@ def timm_family(index, path: str, config: dict, classifier: Optional[str],
             "layer_norm_epsilon=")
     family.update(gelu=numerics["gelu"], layer_norm_epsilon=numerics["layer_norm_epsilon"])
     return family
+
+
+def timm_projection(index, path: str, config: dict) -> bool:
+    """Whether a timm file's head is CLIP's image-text projection (an embedding), not a
+    classifier: a CLIP architecture (``*_clip_*``) whose config names no labels and no
+    fine-tuning (its pretrained tag without ``ft``: ``openai``, ``laion2b``, not
+    ``laion2b_ft_in1k``), with a zero head bias (timm's conversion of CLIP's bias-free
+    ``proj``; the bias is read, one small array)."""
+    if "_clip_" not in timm_architecture_name(config) or "head.bias" not in index:
+        return False
+    pretrained = config.get("pretrained_cfg")
+    pretrained = pretrained if isinstance(pretrained, dict) else {}
+    architecture = config.get("architecture")
+    tag = str(pretrained.get("tag") or (architecture.partition(".")[2]
+                                        if isinstance(architecture, str) else ""))
+    if config.get("label_names") or pretrained.get("label_names") or "ft" in tag.split("_"):
+        return False
+    return not np.any(read_safetensors_arrays(path, ["head.bias"])["head.bias"])
 
 
 def _timm_classifier(index, path: str, config: dict, family: dict) -> str:
@@ -425,6 +448,14 @@ def _timm_units(index, path) -> Tuple[int, ...]:
     return counts
 
 
+def _new_head_replaces_projection(args: dict, kwargs: dict) -> None:
+    """``kwargs`` into a checkpoint's ``args``; a ``num_classes`` passed (a new classifier
+    head) replaces a CLIP projection unless ``projection_dim`` is passed too."""
+    if "num_classes" in kwargs and "projection_dim" not in kwargs:
+        args.pop("projection_dim", None)
+    args.update(kwargs)
+
+
 def from_timm(path: str, classifier: Optional[str] = None, num_heads: Optional[int] = None,
               image_size=None, config: Optional[dict] = None, **kwargs) -> keras.Model:
     """A keras_vit model built for and loaded from a timm ViT ``.safetensors`` checkpoint,
@@ -448,17 +479,19 @@ def from_timm(path: str, classifier: Optional[str] = None, num_heads: Optional[i
 
     chosen = {key: kwargs[key] for key in ("gelu", "layer_norm_epsilon") if key in kwargs}
     args = timm_architecture(path, classifier, num_heads, image_size, config, chosen)
-    args.update(kwargs)
+    _new_head_replaces_projection(args, kwargs)
     model = models.ViT(**{"name": "vit", **NUMERICS[TIMM], **args})
     load_timm(model, path, numerics={key: args[key] for key in ("gelu", "layer_norm_epsilon")})
     return model
 
 
 def transformers_architecture(directory: str, image_size=None) -> Tuple[dict, list]:
-    """The :func:`keras_vit.ViT` arguments and the class names of a transformers ViT model
-    directory, from its ``config.json`` (width, depth, heads, MLP width, patch and image
-    size, channels, LayerNorm epsilon, GELU variant, ``id2label``) and the checkpoint's
-    keys (whether it has a classifier, or the pre-logits ``pooler`` of a ``ViTModel``).
+    """The :func:`keras_vit.ViT` arguments and the class names of a transformers model
+    directory of the ViT family (:data:`keras_vit.sources.TRANSFORMERS_MODEL_TYPES`), from its
+    ``config.json`` (width, depth, heads, MLP width, patch and image size, channels,
+    LayerNorm epsilon, GELU variant, register tokens, ``id2label``), its ``model_type`` (the
+    family's options: :func:`_transformers_family`) and the checkpoint's keys (its heads,
+    or the pre-logits ``pooler`` of a ``ViTModel`` / ``DeiTModel``).
 
     Args:
         directory: the model directory (``config.json`` + ``model.safetensors``).
@@ -476,58 +509,104 @@ def transformers_architecture(directory: str, image_size=None) -> Tuple[dict, li
     if patch[0] != patch[1]:
         raise CheckpointError(f"{cfg_path}: patch_size {patch} is not square")
     numerics = source_numerics(directory)
-    args = dict(patch_size=patch[0], hidden_size=config.get("hidden_size", 768),
-                mlp_size=config.get("intermediate_size", 3072),
+    hidden = config.get("hidden_size", 768)
+    args = dict(patch_size=patch[0], hidden_size=hidden,
+                mlp_size=config.get("intermediate_size", 3072) if "mlp_ratio" not in config
+                else int(hidden * config["mlp_ratio"]),
                 num_heads=config.get("num_attention_heads", 12),
                 num_layers=config.get("num_hidden_layers", 12),
                 channels=config.get("num_channels", 3), classifier="token",
                 image_size=to_pair(config.get("image_size", 224), "image_size"),
                 gelu=numerics["gelu"], layer_norm_epsilon=numerics["layer_norm_epsilon"])
-    _check_config_against_tensors(args, index, cfg_path, weights)
+    args.update(_transformers_family(config, index, cfg_path))
+    _check_config_against_tensors(args, index, cfg_path, weights, config["model_type"])
     if image_size is not None:
         args["image_size"] = image_size
-    names = []
-    if "classifier.weight" in index:
-        labels = config.get("id2label") or {}
-        count = int(index["classifier.weight"].shape[0])
-        try:
-            names = [str(labels[str(i)]) if str(i) in labels else str(labels[i])
-                     for i in range(count)]
-        except KeyError:
-            raise CheckpointError(f"{cfg_path}: id2label does not name the {count} classes of "
-                                  "the classifier") from None
-        args["num_classes"] = count
-    else:
+    return args, _transformers_head(args, config, index, directory, weights)
+
+
+def _transformers_family(config: dict, index, cfg_path: str) -> dict:
+    """The family's options of a transformers model type: DeiT's distillation token (and
+    its second head), DINOv2's LayerScale, registers and ``token_gap`` classifier, CLIP's
+    LayerNorm before the blocks and patch embedding without bias, SigLIP's MAP head."""
+    kind = config["model_type"]
+    if kind == "deit":
+        return dict(distillation_token=True, classifier="distilled"
+                    if "distillation_classifier.weight" in index else "token")
+    if kind.startswith("dinov2"):
+        if config.get("use_swiglu_ffn"):
+            raise CheckpointError(f"{cfg_path}: use_swiglu_ffn (DINOv2 giant's SwiGLU MLP) is "
+                                  "not a model keras_vit computes")
+        registers = config.get("num_register_tokens", 0) if kind != "dinov2" else 0
+        return dict(layer_scale=True, num_register_tokens=registers,
+                    embed_prefix=not registers,
+                    classifier="token_gap" if "classifier.weight" in index else "token")
+    if kind.startswith("clip") or kind.startswith("siglip"):
+        if "classifier.weight" in index:
+            raise CheckpointError(f"{cfg_path}: a {kind} image classifier (*ForImageClassification"
+                                  "'s head on the mean of the patch tokens) is not supported; "
+                                  "the image towers and the full model are")
+        if kind.startswith("clip"):
+            return dict(pre_norm=True, patch_bias=False)
+        if not config.get("vision_use_head", True):
+            raise CheckpointError(f"{cfg_path}: vision_use_head false (a SigLIP tower without "
+                                  "its attention-pooling head) is not supported")
+        return dict(classifier="map", class_token=False)
+    return {}
+
+
+def _transformers_head(args: dict, config: dict, index, directory, weights) -> list:
+    """The head's arguments (class count; CLIP: the projection's width) into ``args``, or
+    ``include_top=False`` (with a ``ViTModel``'s pooler as pre-logits); the class names."""
+    cfg_path = os.path.join(os.fspath(directory), "config.json")
+    key = next((k for k in ("classifier.weight", "cls_classifier.weight",
+                            "visual_projection.weight") if k in index), None)
+    if key is None:
         args["include_top"] = False
         if "pooler.dense.weight" in index:
             check_pooler_act(config, directory, index)
             args["representation_size"] = int(
                 _tensor_shape(index, "pooler.dense.weight", weights, 2, "")[0])
-    return args, names
+        return []
+    count = int(_tensor_shape(index, key, weights, 2, "")[0])
+    if key == "visual_projection.weight":  # an embedding, not classes
+        args["projection_dim"] = count
+        return []
+    args["num_classes"] = count
+    labels = config.get("id2label") or {}
+    try:
+        return [str(labels[str(i)]) if str(i) in labels else str(labels[i])
+                for i in range(count)]
+    except KeyError:
+        raise CheckpointError(f"{cfg_path}: id2label does not name the {count} classes of "
+                              "the classifier") from None
 
 
-def _check_config_against_tensors(args, index, cfg_path, weights) -> None:
+def _check_config_against_tensors(args, index, cfg_path, weights, model_type="vit") -> None:
     """The config's sizes against the tensor shapes (header only), before any model is
     built: a small file with a config claiming hidden_size=2048 must not allocate a
     2048-wide model (or a 10**9-wide one) before the mismatch is found."""
-    prefix = transformers_prefix(index)
+    layout = LAYOUTS[model_type]
+    prefix = transformers_prefix(index, model_type)
     check_dtypes(index, weights)
 
     def shape(key, rank):
         return _tensor_shape(index, prefix + key, weights, rank,
-                             "not a transformers ViT checkpoint")
+                             f"not a transformers {model_type} checkpoint")
 
-    proj_key = "embeddings.patch_embeddings.projection.weight"
-    mlp_key = "encoder.layer.0.intermediate.dense.weight"
+    proj_key = f"{layout.patch}.weight"
+    mlp_key = f"{layout.layer}.0.{layout.block[6]}.weight"
     proj, mlp = shape(proj_key, 4), shape(mlp_key, 2)
-    query = re.compile(rf"^{re.escape(prefix)}encoder\.layer\.(\d+)\.attention\.attention"
-                       r"\.query\.weight$")
-    counted_by = f"'{prefix}encoder.layer.{{i}}.attention.attention.query.weight'"
+    layer = re.escape(prefix + layout.layer)
+    query = re.compile(rf"^{layer}\.(\d+)\.{re.escape(layout.block[1])}\.weight$")
+    counted_by = f"'{prefix}{layout.layer}.{{i}}.{layout.block[1]}.weight'"
     layers = _count([int(m.group(1)) for m in map(query.match, index) if m], weights,
                     "layers", counted_by)
-    tokens = _check_position_embedding(
-        shape("embeddings.position_embeddings", 3), prefix + "embeddings.position_embeddings",
-        weights, proj[0], 1)
+    embedded = {"deit": 2, "siglip": 0, "siglip_vision_model": 0}.get(model_type, 1)
+    rank = 2 if layout.position.endswith(".weight") else 3
+    found = shape(layout.position, rank)
+    tokens = _check_position_embedding(found if rank == 3 else (1,) + found,
+                                       prefix + layout.position, weights, proj[0], embedded)
     grid = [size // args["patch_size"] for size in args["image_size"]]
     checks = [  # (field, config value, what the file has, agrees)
         ("hidden_size", args["hidden_size"], f"{prefix + proj_key!r} has shape {proj}",
@@ -541,14 +620,14 @@ def _check_config_against_tensors(args, index, cfg_path, weights) -> None:
         ("num_hidden_layers", args["num_layers"], f"{layers} layers (counted by {counted_by})",
          layers == args["num_layers"]),
         ("image_size", args["image_size"][0] if args["image_size"][0] == args["image_size"][1]
-         else args["image_size"], f"{prefix}embeddings.position_embeddings has {tokens} tokens "
-         f"(1 + the patch grid)", grid[0] * grid[1] + 1 == tokens),
+         else args["image_size"], f"{prefix}{layout.position} has {tokens} tokens "
+         f"({embedded} + the patch grid)", grid[0] * grid[1] + embedded == tokens),
     ]
-    for field, value, found, agrees in checks:
+    for field, value, what, agrees in checks:
         if not agrees:
             raise CheckpointError(f"{cfg_path}: {field} {value} does not match {weights}: "
-                                  f"{found}")
-    layer_key = re.compile(rf"^{re.escape(prefix)}encoder\.layer\.(\d+)\.")
+                                  f"{what}")
+    layer_key = re.compile(rf"^{layer}\.(\d+)\.")
     _refuse_outside(index, layer_key, layers, weights, f"layers (counted by {counted_by})")
     check_bounds(weights, {"width": args["hidden_size"], "MLP width": args["mlp_size"],
                            "depth": layers, "patch size": args["patch_size"],
@@ -560,12 +639,37 @@ def _check_config_against_tensors(args, index, cfg_path, weights) -> None:
 
 
 def from_transformers(directory: str, image_size=None, **kwargs) -> keras.Model:
-    """A keras_vit model built from a transformers ViT model directory's ``config.json``
+    """A keras_vit model built from a transformers model directory's ``config.json``
     and loaded from its ``model.safetensors``, e.g. a download of ``google/vit-base-patch16-224``
     (``ViTForImageClassification``; a ``ViTModel`` gives a model without head).
 
-    The model computes what transformers computes: exact GELU (``hidden_act="gelu"``) and
-    the config's LayerNorm epsilon (1e-12 by default). Its class names (from ``id2label``)
+    The family's model types load too (``model_type``; a headless model's output is its
+    pooled features):
+
+    ==========================  ==============================================================
+    ``vit``                     ``ViTForImageClassification``, ``ViTModel``
+    ``deit``                    ``DeiTForImageClassification`` (the class token's head; the
+                                distillation token is in the sequence),
+                                ``DeiTForImageClassificationWithTeacher`` (two heads,
+                                averaged), ``DeiTModel``
+    ``dinov2``,                 ``Dinov2Model`` (the class token), ``Dinov2ForImageClassification``
+    ``dinov2_with_registers``   (``classifier="token_gap"``); LayerScale, registers
+    ``clip_vision_model``,      ``CLIPVisionModel`` (``pooler_output``: the class token after
+    ``clip``                    ``post_layernorm``), ``CLIPVisionModelWithProjection`` and a
+                                ``CLIPModel``'s image tower: ``visual_projection`` is the last
+                                layer ``projection`` (``projection_dim``, no bias, no head),
+                                the output the image embedding of the joint space
+    ``siglip_vision_model``,    ``SiglipVisionModel`` and a ``SiglipModel``'s image tower: the
+    ``siglip``                  attention-pooling head's output (``pooler_output``)
+    ==========================  ==============================================================
+
+    The model computes what transformers computes: the config's ``hidden_act`` (exact GELU
+    for ``"gelu"``, QuickGELU, tanh GELU) and LayerNorm epsilon (each model type's default
+    where the config has none: ViT and DeiT 1e-12, DINOv2 and SigLIP 1e-6, CLIP 1e-5), at the
+    config's image size or the ``image_size`` it is built for (the family's position
+    embeddings are then resized when loading as transformers' ``interpolate_pos_encoding``
+    does: PyTorch's bicubic, antialiased for DINOv2 with registers).
+    Its class names (from ``id2label``)
     are set as ``model.class_names`` (saved with the model in ``.keras`` files;
     :func:`export.export_saved_model` serves them as labels).
 
@@ -581,7 +685,7 @@ def from_transformers(directory: str, image_size=None, **kwargs) -> keras.Model:
     from keras_vit import models
 
     args, names = transformers_architecture(directory, image_size)
-    args.update(kwargs)
+    _new_head_replaces_projection(args, kwargs)
     model = models.ViT(weights=directory, **{"name": "vit", **args})
     model.class_names = names if args.get("include_top", True) else []
     return model

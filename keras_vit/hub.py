@@ -14,9 +14,9 @@ What is read from the repository:
                     timm (``config.json`` with               transformers (``config.json``
                     ``"architecture"``)                      with ``"model_type"``)
 ==================  =======================================  ===============================
-architecture        tensor shapes (:func:`keras_vit.from_    ``config.json``
-                    timm`), heads from ``model_args`` or
-                    timm's head count for the width
+architecture        tensor shapes (:func:`keras_vit.from_    ``config.json`` (its ``model_type``:
+                    timm`), heads from ``model_args`` or     ViT, DeiT, DINOv2, CLIP, SigLIP;
+                    timm's head count for the width          :func:`keras_vit.from_transformers`)
 classes, labels     ``num_classes``, ``label_names``         ``id2label``
 image size          ``pretrained_cfg.input_size``            ``image_size``
 mean, std           ``pretrained_cfg.mean`` / ``.std``       ``preprocessor_config.json``

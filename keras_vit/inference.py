@@ -11,7 +11,7 @@ from keras_vit.model_ops import rebuild
 from keras_vit.runtime import weights_assumed_frozen
 
 # Layers that stay float32 under every policy (the model's outputs are float32).
-FLOAT32_LAYERS = ("head", "features")
+FLOAT32_LAYERS = ("head", "features", "projection")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -62,12 +62,20 @@ def inference_model(model: keras.Model, dtype: str = "float32", fold: bool = Tru
     return rebuild(model, edit, convert, name=name)
 
 
+def model_outputs(model: keras.Model, images) -> np.ndarray:
+    """``model``'s float32 outputs (logits, or a headless tower's embeddings) for ``images``
+    (raw pixels at its resolution) as a float64 array, without dropout. Under
+    ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`` the model runs as a graph (``predict``), since
+    eager kernels shared between models would keep another model's weights."""
+    if weights_assumed_frozen():  # eager kernels would keep another model's cached weights
+        return np.asarray(model.predict(images, verbose=0), np.float64)
+    return np.asarray(model(images, training=False), np.float64)
+
+
 def class_probabilities(model: keras.Model, images) -> np.ndarray:
     """Softmax of ``model``'s logits for ``images`` (raw pixels at its resolution), computed
-    in float64 with numpy from the model's float32 logits, without dropout: the reference
-    that predictions, exported files and figures are compared with. Under
-    ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`` the model runs as a graph (``predict``), since
-    eager kernels shared between models would keep another model's weights.
+    in float64 with numpy from the model's float32 logits (:func:`model_outputs`): the
+    reference that predictions, exported files and figures are compared with.
 
     Args:
         model: a keras_vit classifier (logits out).
@@ -76,9 +84,6 @@ def class_probabilities(model: keras.Model, images) -> np.ndarray:
     Returns:
         A float64 array of shape (batch, classes) whose rows sum to 1.
     """
-    if weights_assumed_frozen():  # eager kernels would keep another model's cached weights
-        logits = np.asarray(model.predict(images, verbose=0), np.float64)
-    else:
-        logits = np.asarray(model(images, training=False), np.float64)
+    logits = model_outputs(model, images)
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)

@@ -148,7 +148,8 @@ def endpoints_model(model: keras.Model) -> keras.Model:
     - ``"encoder_norm"``: the tokens after the final LayerNorm;
     - ``"pre_logits"``: the pooled features the head sees (after the pre-logits layer if
       any), (batch, features);
-    - ``"logits"``: the head's output, when the model has a head.
+    - ``"logits"``: the head's output, when the model has a head;
+    - ``"projection"``: a CLIP tower's projected image embedding (``projection_dim``).
 
     Args:
         model: a keras_vit model.
@@ -167,6 +168,9 @@ def endpoints_model(model: keras.Model) -> keras.Model:
     if "head" in names:
         outputs["pre_logits"] = model.get_layer("head").input
         outputs["logits"] = model.get_layer("head").output
+    elif "projection" in names:  # CLIP: the projected image embedding, not logits
+        outputs["pre_logits"] = model.get_layer("projection").input
+        outputs["projection"] = model.get_layer("projection").output
     else:
         outputs["pre_logits"] = model.get_layer("features").output
     return keras.Model(model.input, outputs, name=f"{model.name}_endpoints")

@@ -10,7 +10,7 @@ from typing import Callable, List, Optional
 import keras
 import numpy as np
 
-from keras_vit.models import model_image_size
+from keras_vit.models import has_head, model_image_size
 from keras_vit.position_embeddings import resize_position_embeddings, to_pair
 from keras_vit.variants import ViTConfig, check_fits
 
@@ -144,7 +144,7 @@ def with_new_head(model: keras.Model, num_classes: int) -> keras.Model:
     Returns:
         The copy.
     """
-    if "head" not in {layer.name for layer in model.layers}:
+    if not has_head(model):
         raise ValueError(f"model {model.name!r} has no head (built with include_top=False)")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")

@@ -77,16 +77,17 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
         std_conv_epsilon: Optional[float] = None,
         std_conv_epsilon_in_sqrt: Optional[bool] = None, class_token: Optional[bool] = None,
         num_register_tokens: int = 0, embed_prefix: bool = True, layer_scale: bool = False,
-        pre_norm: bool = False, patch_bias: bool = True,
-        fc_norm: bool = False, position_embedding: str = "learned") -> keras.Model:
+        pre_norm: bool = False, patch_bias: bool = True, fc_norm: bool = False,
+        position_embedding: str = "learned", distillation_token: Optional[bool] = None,
+        projection_dim: Optional[int] = None) -> keras.Model:
     """Builds a Vision Transformer (or, with ``resnet_stages``, a ResNet+ViT hybrid).
 
     The model takes images (batch, H, W, channels): raw pixels in [0, 255] when
     ``include_preprocessing`` (it normalises them itself: to [-1, 1] as the original input
     pipeline did, or with ``mean`` / ``std``), else normalised values. Built for ``image_size``
     it takes any multiple of the patch size (times the ResNet stride for hybrids), resizing its
-    position embeddings in the graph. It returns float32 logits (batch, num_classes), or
-    without ``include_top`` the pooled features (after the final LayerNorm and pre-logits).
+    position embeddings in the graph. It returns float32 logits (batch, num_classes), with
+    ``projection_dim`` an embedding, without ``include_top`` the pooled features.
 
     Args:
         image_size: int or (height, width) the position embeddings are learned for.
@@ -94,28 +95,28 @@ def ViT(image_size: ImageSize = 224, patch_size: int = 16, hidden_size: int = 76
             the architecture: the fields of :class:`keras_vit.ViTConfig`, as in each row of
             :data:`keras_vit.VARIANTS` (``num_heads`` must divide ``hidden_size``).
         num_classes, include_top: outputs of the head; ``include_top=False``: no head.
+        projection_dim: instead of the head, a CLIP tower's bias-free projection to the
+            image-text space (``Dense`` named ``projection``: an embedding, not classes).
         weights: None, an original ``.npz``, a timm ``.safetensors`` file, a transformers or
             timm hub model directory, an ``hf://`` name, a ``.keras`` / ``.weights.h5`` file
-            (all: :func:`keras_vit.weights.load_weights`), or (named builders) a published
-            name.
-        classifier: ``"token"`` (class token), ``"gap"`` (mean of the patch tokens; no class
-            token unless ``class_token``), ``"map"`` (multi-head attention pooling, SigLIP)
-            or ``"distilled"`` (DeiT distilled: class and distillation tokens, two heads
-            whose logits are averaged, as its authors do at inference).
-        position_embedding: ``"learned"`` or ``"sincos2d"`` (fixed, arXiv 2205.01580).
-        representation_size: width of a pre-logits ``Dense + tanh`` layer; None: none.
+            (:func:`keras_vit.weights.load_weights`), or (named builders) a published name.
+        classifier: ``"token"``, ``"gap"`` (patch mean), ``"map"`` (attention pooling),
+            ``"distilled"`` (DeiT's two heads, averaged) or ``"token_gap"`` (class token and
+            patch mean side by side: DINOv2's); see :class:`keras_vit.layers.TokenPooling`.
+        position_embedding, representation_size: ``"learned"`` or ``"sincos2d"`` (fixed,
+            arXiv 2205.01580); the width of a pre-logits ``Dense + tanh`` (None: none).
         mean, std, interpolation: the weights' input statistics (per channel, [0, 1] scale;
             None: 0.5, the original's) and resize method (:mod:`keras_vit.preprocessing`).
         dropout_rate, attention_dropout_rate, drop_path_rate: dropout after the position
-            embeddings and dense layers; on the attention probabilities; stochastic depth of
-            the last block (growing linearly from 0 at the first).
+            embeddings and dense layers; on the attention probabilities; the last block's
+            stochastic depth (from 0 at the first).
         channels, dtype, name: input channels; the layers' dtype policy (head: float32); name.
-        gelu, layer_norm_epsilon, group_norm_epsilon, std_conv_epsilon,
-            std_conv_epsilon_in_sqrt: the numerics (:mod:`keras_vit.sources`); None: those of
-            the source of ``weights`` (timm, transformers), else the original's.
-        class_token: a class token (default: only for ``"token"`` and ``"distilled"``).
+        gelu, layer_norm_epsilon, group_norm_epsilon, std_conv_epsilon, std_conv_epsilon_in_sqrt:
+            the numerics (:mod:`keras_vit.sources`); None: the weights' source's or the original's.
+        class_token, distillation_token: a class token (default: with a class-token
+            classifier); DeiT's distillation token (default: for ``"distilled"``).
         num_register_tokens, embed_prefix, layer_scale, pre_norm, patch_bias, fc_norm: the
-            ViT family's options (:class:`keras_vit.ViTConfig`; see docs/models.md).
+            ViT family's options (:class:`keras_vit.ViTConfig`, docs/models.md).
 
     Example:
     >>> model = ViT(image_size=32, patch_size=8, hidden_size=64, mlp_size=128, num_heads=4,
@@ -138,7 +139,7 @@ def _build(a: dict) -> keras.Model:
                            a["num_heads"], a["num_layers"], a["resnet_stages"],
                            a["resnet_width"], **{k: a[k] for k in _FAMILY_OPTIONS})
     prefix = _prefix_tokens(config, a["classifier"], a["class_token"],
-                            a["representation_size"])
+                            a["representation_size"], a["distillation_token"])
     rates = _dropout_rates(a["dropout_rate"], a["attention_dropout_rate"],
                            a["drop_path_rate"])
     numerics = _numerics(a["weights"], **{k: a[k] for k in _NUMERICS_OPTIONS})
@@ -178,15 +179,22 @@ def _architecture(classifier, patch_size, hidden_size, mlp_size, num_heads, num_
     return config
 
 
-def _prefix_tokens(config: ViTConfig, classifier, class_token, representation_size) -> dict:
+def _prefix_tokens(config: ViTConfig, classifier, class_token, representation_size,
+                   distillation_token=None) -> dict:
     """The tokens before the patches: class token, distillation token, registers."""
+    with_class = ("token", "distilled", "token_gap")
     if class_token is None:
-        class_token = classifier in ("token", "distilled")
-    if classifier in ("token", "distilled") and not class_token:
+        class_token = classifier in with_class
+    if classifier in with_class and not class_token:
         raise ValueError(f"classifier {classifier!r} needs the class token (class_token=True)")
     if classifier == "distilled" and representation_size:
         raise ValueError("classifier 'distilled' has no pre-logits layer (representation_size)")
-    distilled = classifier == "distilled"
+    distilled = classifier == "distilled" if distillation_token is None else bool(
+        distillation_token)
+    if classifier == "distilled" and not distilled:
+        raise ValueError("classifier 'distilled' needs the distillation token")
+    if distilled and not class_token:
+        raise ValueError("a distillation token needs the class token (class_token=True)")
     count = int(class_token) + int(distilled) + config.num_register_tokens
     return dict(count=count, class_token=bool(class_token), distilled=distilled)
 
@@ -277,7 +285,7 @@ def _pool(x, top: dict):
                              layer_norm_epsilon=epsilon, gelu=top["numerics"]["gelu"],
                              name="pool", dtype=dtype)(x)
     else:
-        skip = top["prefix"]["count"] if classifier == "gap" else 0
+        skip = top["prefix"]["count"] if classifier in ("gap", "token_gap") else 0
         x = TokenPooling(classifier, skip, name="pool", dtype=dtype)(x)
     if config.fc_norm:
         x = keras.layers.LayerNormalization(epsilon=epsilon, name="fc_norm", dtype=dtype)(x)
@@ -297,12 +305,19 @@ def _distilled_head(x, num_classes, dtype):
 def _top(x, top: dict):
     """Pooling, the pre-logits layer if any, and the head (or the features' output)."""
     representation_size, dtype = top["representation_size"], top["dtype"]
+    projection = top.get("projection_dim") if top["include_top"] else None
+    if projection is not None and (int(projection) < 1 or top["classifier"] == "distilled"):
+        raise ValueError(f"projection_dim must be a positive width (and the classifier not "
+                         f"'distilled'), got {projection!r} with {top['classifier']!r}")
     if top["classifier"] == "distilled" and top["include_top"]:
         return _distilled_head(x, top["num_classes"], dtype)
     x = _pool(x, top)
     if representation_size:
         x = keras.layers.Dense(representation_size, activation="tanh", name="pre_logits",
                                dtype=dtype)(x)
+    if projection is not None:  # CLIP: an embedding in the image-text space, float32
+        return keras.layers.Dense(int(projection), use_bias=False, name="projection",
+                                  dtype="float32")(x)
     if top["include_top"]:
         # Zero-initialised head in float32 (paper section 3.1, fine-tuning).
         return keras.layers.Dense(top["num_classes"], kernel_initializer="zeros", name="head",
@@ -386,3 +401,12 @@ def model_image_size(model: keras.Model):
     encoder = model.get_layer("posembed_input")
     stride = model.get_layer("image_validation").multiple_of
     return (encoder.grid_size[0] * stride, encoder.grid_size[1] * stride)
+
+
+def has_head(model: keras.Model) -> bool:
+    """Whether a keras_vit model ends in a classifier head (logits out), rather than being a
+    headless tower (``include_top=False``, e.g. a CLIP, DINOv2 or SigLIP image tower loaded
+    without its head): its output is then the pooled features, an embedding, from the
+    float32 layer named ``features``, or (CLIP, ``projection_dim``) the projected embedding
+    from the bias-free layer named ``projection``."""
+    return "head" in {layer.name for layer in model.layers}

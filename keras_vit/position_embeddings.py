@@ -42,7 +42,8 @@ def resize_grid(grid: tf.Tensor, size) -> tf.Tensor:
 
 
 def resize_position_embeddings(posemb: np.ndarray, new_grid: Grid, num_prefix_tokens: int = 1,
-                               old_grid: Optional[Grid] = None) -> np.ndarray:
+                               old_grid: Optional[Grid] = None,
+                               method: str = "bilinear") -> np.ndarray:
     """Resize position embeddings of shape (1, prefix + h*w, D) to a new (h', w') grid.
 
     The ``num_prefix_tokens`` leading embeddings (the class token's) are kept unchanged; the
@@ -54,6 +55,8 @@ def resize_position_embeddings(posemb: np.ndarray, new_grid: Grid, num_prefix_to
         new_grid: int or (height, width) of the new grid.
         num_prefix_tokens: leading embeddings that are not on the grid (1: class token).
         old_grid: (h, w) of the current grid; inferred as square when None.
+        method: one of :data:`RESIZE_METHODS` (``"torch_bicubic..."``: what transformers
+            computes for the family's checkpoints, :func:`torch_bicubic_matrix`).
 
     Returns:
         A numpy array of shape (1, prefix + h'*w', D) and ``posemb``'s dtype.
@@ -76,10 +79,54 @@ def resize_position_embeddings(posemb: np.ndarray, new_grid: Grid, num_prefix_to
         raise ValueError(f"old_grid {old_grid} does not hold the {n} position embeddings")
     if old_grid == new_grid:
         return posemb.copy()
-    resized = resize_grid(tf.constant(grid.reshape(1, old_grid[0], old_grid[1], dim),
-                                      dtype=tf.float32), new_grid).numpy()
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"method must be one of {RESIZE_METHODS}, got {method!r}")
+    if method == "bilinear":
+        resized = resize_grid(tf.constant(grid.reshape(1, old_grid[0], old_grid[1], dim),
+                                          dtype=tf.float32), new_grid).numpy()
+    else:
+        rows, cols = (torch_bicubic_matrix(o, n, method.endswith("antialias"))
+                      for o, n in zip(old_grid, new_grid))
+        resized = np.einsum("ai,bj,ijd->abd", rows, cols,
+                            grid.reshape(old_grid[0], old_grid[1], dim).astype(np.float64))
     resized = resized.reshape(1, new_grid[0] * new_grid[1], dim).astype(posemb.dtype)
     return np.concatenate([prefix, resized], axis=1)
+
+
+# Load-time resize methods of :func:`resize_position_embeddings`: keras_vit's own (the
+# original's aligned-corners bilinear), and PyTorch's bicubic (``align_corners=False``,
+# without and with ``antialias``), what transformers' ``interpolate_pos_encoding`` uses.
+RESIZE_METHODS = ("bilinear", "torch_bicubic", "torch_bicubic_antialias")
+
+
+def _cubic(x: float, a: float) -> float:
+    """The cubic convolution kernel (Keys) at distance ``x``."""
+    x = abs(x)
+    if x < 1:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+    return ((x - 5) * x + 8) * x * a - 4 * a if x < 2 else 0.0
+
+
+def torch_bicubic_matrix(n_in: int, n_out: int, antialias: bool = False) -> np.ndarray:
+    """The (n_out, n_in) matrix of PyTorch's 1-D bicubic resize (``align_corners=False``):
+    source ``(i + 0.5) * n_in / n_out - 0.5``, kernel a = -0.75, edges clamped; with
+    ``antialias`` (PIL's filter), a = -0.5, widened by the scale when downsampling and
+    normalised."""
+    scale, matrix = n_in / n_out, np.zeros((n_out, n_in))
+    for i in range(n_out):
+        if not antialias:
+            source = (i + 0.5) * scale - 0.5
+            first = math.floor(source)
+            for j in range(first - 1, first + 3):
+                matrix[i, min(max(j, 0), n_in - 1)] += _cubic(source - j, -0.75)
+            continue
+        support, inverse = (2.0 * scale, 1.0 / scale) if scale >= 1 else (2.0, 1.0)
+        center = scale * (i + 0.5)
+        low = max(int(center - support + 0.5), 0)
+        high = min(int(center + support + 0.5), n_in)
+        weights = [_cubic((j - center + 0.5) * inverse, -0.5) for j in range(low, high)]
+        matrix[i, low:high] = np.asarray(weights) / sum(weights)
+    return matrix
 
 
 def sincos_2d_position_embeddings(grid_h, grid_w, width: int, temperature: float = 10_000.0,

@@ -39,7 +39,26 @@ NUMERICS = {
 
 # transformers' ``hidden_act`` names -> keras_vit's GELU variants.
 _TRANSFORMERS_GELU = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh",
-                      "gelu_pytorch_tanh": "tanh"}
+                      "gelu_pytorch_tanh": "tanh", "quick_gelu": "quick"}
+# The transformers model types keras_vit loads (image towers: the vision config of a "clip"
+# or "siglip" directory) and the defaults of the fields it reads, where a config.json leaves
+# them out (transformers' configuration_*.py).
+_VIT_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                     num_hidden_layers=12, num_channels=3, image_size=224, patch_size=16,
+                     hidden_act="gelu", layer_norm_eps=1e-12)
+_DINO_DEFAULTS = dict(_VIT_DEFAULTS, layer_norm_eps=1e-6, mlp_ratio=4, use_swiglu_ffn=False)
+TRANSFORMERS_DEFAULTS = {
+    "vit": {}, "deit": _VIT_DEFAULTS,
+    "dinov2": dict(_DINO_DEFAULTS, patch_size=14, num_register_tokens=0),
+    "dinov2_with_registers": dict(_DINO_DEFAULTS, num_register_tokens=4),
+    "clip_vision_model": dict(_VIT_DEFAULTS, patch_size=32, hidden_act="quick_gelu",
+                              layer_norm_eps=1e-5),
+    "siglip_vision_model": dict(_VIT_DEFAULTS, hidden_act="gelu_pytorch_tanh",
+                                layer_norm_eps=1e-6, vision_use_head=True),
+}
+# Full two-tower directories: their image tower's model type.
+_TOWERS = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
+TRANSFORMERS_MODEL_TYPES = tuple(sorted(set(TRANSFORMERS_DEFAULTS) | set(_TOWERS)))
 PICKLED_SUFFIXES = kinds.PICKLED_SUFFIXES
 
 
@@ -96,10 +115,14 @@ def read_json(path, error=ValueError):
 
 
 def read_transformers_config(directory) -> dict:
-    """The ``config.json`` of a transformers ViT model directory, checked.
+    """The image model's config of a transformers model directory, checked: its
+    ``config.json`` (a ``"clip"`` or ``"siglip"`` directory's ``vision_config``, with the
+    directory's ``model_type`` and ``projection_dim``), the fields keras_vit reads filled
+    with the model type's defaults (:data:`TRANSFORMERS_DEFAULTS`) where left out.
 
     Raises:
-        CheckpointError: no or unreadable ``config.json``, or not a ViT (``model_type``).
+        CheckpointError: no or unreadable ``config.json``, or a ``model_type`` that is not
+            one of :data:`TRANSFORMERS_MODEL_TYPES`.
     """
     directory = os.fspath(directory)
     path = os.path.join(directory, "config.json")
@@ -107,12 +130,20 @@ def read_transformers_config(directory) -> dict:
         raise CheckpointError(f"{directory} is not a transformers model directory: it has no "
                               "config.json")
     config = read_json(path, CheckpointError)
-    if not isinstance(config, dict) or config.get("model_type") != "vit":
-        found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
+    found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
+    if not isinstance(found, str) or found not in TRANSFORMERS_MODEL_TYPES:
         raise CheckpointError(f"{path}: model_type {found!r} is not a transformers ViT "
-                              "(expected 'vit')")
-    _check_config_fields(config, path)
-    return config
+                              f"keras_vit loads (supported: "
+                              f"{', '.join(TRANSFORMERS_MODEL_TYPES)})")
+    vision = config.get("vision_config", {}) if found in _TOWERS else config
+    if not isinstance(vision, dict):
+        raise CheckpointError(f"{path}: vision_config is not a JSON object")
+    vision = dict(TRANSFORMERS_DEFAULTS[_TOWERS.get(found, found)], **vision)
+    vision["model_type"] = found
+    if found in _TOWERS:
+        vision["projection_dim"] = config.get("projection_dim")
+    _check_config_fields(vision, path)
+    return vision
 
 
 def _positive_int(value) -> bool:
@@ -136,6 +167,13 @@ def _config_problem(field: str, value) -> Optional[str]:
     elif field == "pooler_act":
         if not isinstance(value, str):
             return "is not an activation name"
+    elif field == "mlp_ratio":
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value <= 0):
+            return "is not a positive finite number"
+    elif field == "num_register_tokens":
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return "is not a non-negative integer"
     elif not _positive_int(value):
         return "is not a positive integer"
     return None
@@ -143,7 +181,8 @@ def _config_problem(field: str, value) -> Optional[str]:
 
 _CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads",
                   "num_hidden_layers", "num_channels", "image_size", "patch_size",
-                  "layer_norm_eps", "hidden_act", "pooler_act")
+                  "layer_norm_eps", "hidden_act", "pooler_act", "mlp_ratio",
+                  "num_register_tokens")
 
 
 def _check_config_fields(config: dict, path: str) -> None:

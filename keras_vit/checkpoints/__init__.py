@@ -11,8 +11,9 @@ file                     what it holds
                          shared entry helpers (PyTorch transposes)
 ``original_keys.py``     the original ``.npz`` key map (:func:`checkpoint_entries`, the key table)
 ``timm_keys.py``         timm's key map (:func:`timm_entries`, :data:`TIMM`)
-``transformers_keys.py`` transformers' key map (:func:`transformers_entries`), the weights file of
-                         a model directory (:func:`transformers_weights_file`)
+``transformers_keys.py`` transformers' key maps, one :class:`Layout` per ``model_type`` (ViT, DeiT,
+                         DINOv2, CLIP and SigLIP towers; :func:`transformers_entries`), the
+                         weights file of a model directory (:func:`transformers_weights_file`)
 ``readers.py``           the header-first safe readers of ``.npz`` and ``.safetensors`` files
                          (names, shapes, dtypes first; a size a member does not hold is refused)
 ``checks.py``            :data:`ARCHITECTURE_BOUNDS`, dtype and finiteness checks

@@ -10,7 +10,7 @@ timm (``VisionTransformer``, ``vision_transformer_hybrid``) and transformers
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -35,6 +35,9 @@ class Entry:
     shapes: Optional[Sequence[Shape]]
     combine: Callable[[List[np.ndarray]], np.ndarray] = lambda arrays: arrays[0]
     kind: str = "plain"  # "plain", "posemb" (resized to the grid) or "head" (may be reset)
+    # posemb: the (1, tokens, D) shape ``combine`` makes of the keys' shapes (None: the
+    # first key's; transformers' nn.Embedding tables are (tokens, D)).
+    posemb_shape: Optional[Callable[[List[Shape]], Shape]] = None
 
 
 
@@ -55,15 +58,17 @@ def layer_kind(layer: keras.Layer) -> Optional[str]:
     """What a keras_vit model's layer is to a key map: ``"patches"``, ``"position"``,
     ``"block"``, ``"encoder_norm"``, ``"pre_logits"``, ``"head"``, ``"conv_root"`` and
     ``"gn_root"`` (a hybrid's stem), ``"unit"`` (a ResNet unit), and the family's
-    ``"pre_norm"``, ``"fc_norm"``, ``"attn_pool"`` (MAP) and ``"head_dist"`` (DeiT
-    distilled); None for a layer without weights of its own (rescaling, pooling, ...)."""
+    ``"pre_norm"``, ``"fc_norm"``, ``"attn_pool"`` (MAP), ``"head_dist"`` (DeiT
+    distilled), ``"projection"`` (CLIP's image-text projection); None for a layer without
+    weights of its own (rescaling, pooling, ...)."""
     if isinstance(layer, Patches):
         return "patches"
     if isinstance(layer, PatchEncoder):
         return "position"
     if isinstance(layer, TransformerBlock):
         return "block"
-    if layer.name in ("encoder_norm", "pre_logits", "head", "pre_norm", "fc_norm", "head_dist"):
+    if layer.name in ("encoder_norm", "pre_logits", "head", "pre_norm", "fc_norm", "head_dist",
+                      "projection"):
         return layer.name
     if isinstance(layer, AttentionPooling):
         return "attn_pool"
@@ -119,15 +124,21 @@ class KeyMap:
         source: what the file is, for messages (``"original .npz"``, ``"timm"``, ...).
         entries: the key map, model -> :class:`Entry` list.
         cls: the class token's key.
-        head: the prefix of the head's keys.
+        head: the prefix (or a tuple of prefixes) of the head's keys.
         pre_logits: the prefix of the pre-logits layer's keys ("" when the layout has none).
         hints: ``{key prefix: why it has no place}`` added to "unexpected key" problems.
+        ignored: prefixes of keys that are not part of the image model (a CLIP text tower,
+            a pre-training mask token): left out before planning.
+        resize: how position embeddings are resized to the model's grid when loading
+            (:data:`keras_vit.position_embeddings.RESIZE_METHODS`: the source's own method).
     """
 
     source: str
     entries: Callable[[keras.Model], List[Entry]]
     cls: str
-    head: str
+    head: Union[str, Tuple[str, ...]]
     pre_logits: str = ""
     hints: Dict[str, str] = dataclasses.field(default_factory=dict)
+    ignored: Tuple[str, ...] = ()
+    resize: str = "bilinear"
 

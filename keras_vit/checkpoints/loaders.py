@@ -27,21 +27,24 @@ from keras_vit.sources import (NUMERICS, ORIGINAL as ORIGINAL_SOURCE, check_pool
 logger = logging.getLogger("keras_vit")
 
 
-def _fit_position_embeddings(value, encoder, has_cls, report, key=POS_EMBEDDING_KEY):
-    """Drops the class token's embedding if the model has none, then resizes the grid."""
+def _fit_position_embeddings(value, encoder, has_cls, report, key=POS_EMBEDDING_KEY,
+                             method="bilinear"):
+    """Drops the class token's embedding if the model has none, then resizes the grid
+    (``method``: the source's, :data:`keras_vit.position_embeddings.RESIZE_METHODS`)."""
     prefix = checkpoint_position_prefix(encoder, has_cls)
     if prefix and not encoder.position_prefix_tokens:
         value, prefix = value[:, 1:], 0
     side = int(np.sqrt(value.shape[1] - prefix))
     if (side, side) != tuple(encoder.grid_size):
         report["resized"].append(f"{key} grid {(side, side)} -> "
-                                 f"{tuple(encoder.grid_size)}")
+                                 f"{tuple(encoder.grid_size)}"
+                                 + (f" ({method})" if method != "bilinear" else ""))
         value = resize_position_embeddings(value, encoder.grid_size, prefix,
-                                           old_grid=(side, side))
+                                           old_grid=(side, side), method=method)
     return value
 
 
-def _values(plan: _Plan, arrays, encoder, has_cls, path):
+def _values(plan: _Plan, arrays, encoder, has_cls, path, method="bilinear"):
     """(variable, value in the variable's dtype) for every entry to load; nothing is
     assigned here. Every array is checked finite *after* the cast to the variable's dtype
     (a finite float64 1e300 is infinite as float32)."""
@@ -54,7 +57,7 @@ def _values(plan: _Plan, arrays, encoder, has_cls, path):
         value = entry.combine(cast)
         if entry.kind == "posemb":
             value = _fit_position_embeddings(value, encoder, has_cls, plan.report,
-                                             entry.keys[0])
+                                             entry.keys[0], method)
         updates.append((entry.variable,
                         np.asarray(value, dtype).reshape(_shape(entry.variable))))
         plan.report["loaded"].extend(entry.keys)
@@ -163,7 +166,7 @@ def _load(model, path, index, read_arrays, key_map: KeyMap, verbose: bool) -> Di
             f"({len(plan.problems)} problem(s)):\n  " + "\n  ".join(plan.problems))
     arrays = read_arrays([k for entry in plan.load for k in entry.keys])
     updates = _values(plan, arrays, model.get_layer("posembed_input"), key_map.cls in index,
-                      path)
+                      path, key_map.resize)
     updates += [(entry.variable, np.zeros(_shape(entry.variable), np.float32))
                 for entry in plan.reset]
     for variable, value in updates:
@@ -215,9 +218,11 @@ def load_transformers(model: keras.Model, directory, *, verbose: bool = True) ->
     """Loads a transformers ViT model directory (``config.json`` + ``model.safetensors``,
     e.g. ``google/vit-base-patch16-224``) into a built keras_vit model.
 
-    As :func:`load_timm`, with transformers' key map (:func:`transformers_entries`):
-    ``ViTForImageClassification`` (keys ``vit.*`` and ``classifier.*``) and ``ViTModel``
-    (its ``pooler`` is the pre-logits layer, dropped when the model has none). See
+    As :func:`load_timm`, with transformers' key map of the directory's ``model_type``
+    (:func:`transformers_entries`): ``ViTForImageClassification`` (keys ``vit.*`` and
+    ``classifier.*``) and ``ViTModel`` (its ``pooler`` is the pre-logits layer, dropped when
+    the model has none), and the family's (DeiT, DINOv2, CLIP and SigLIP image towers; a
+    full ``CLIPModel`` / ``SiglipModel`` directory's text tower is left out). See
     :func:`keras_vit.from_transformers` for a model built from the ``config.json``.
 
     Args:
@@ -233,7 +238,10 @@ def load_transformers(model: keras.Model, directory, *, verbose: bool = True) ->
     index = read_safetensors_index(path)
     if any(layer.name == "pre_logits" for layer in model.layers):
         check_pooler_act(config, directory, index)
+    key_map = transformers_key_map(index, config["model_type"])
+    # A CLIP / SigLIP model's text tower, a pre-training mask token: not the image model's.
+    index = {key: info for key, info in index.items() if not key.startswith(key_map.ignored)}
     report = _load(model, path, index, lambda keys: read_safetensors_arrays(path, keys),
-                   transformers_key_map(index), verbose)
+                   key_map, verbose)
     _warn_other_numerics(model, source_numerics(directory), "transformers")
     return report

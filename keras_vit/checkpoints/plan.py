@@ -58,6 +58,8 @@ def _posemb_problem(found: Shape, encoder: PatchEncoder, has_cls: bool) -> Optio
     if encoder.position_prefix_tokens > prefix:
         return "the model has a class token but the checkpoint has none"
     grid = found[1] - prefix
+    if grid < 1:
+        return f"{found[1]} tokens in shape {found} leave no grid after {prefix} prefix token(s)"
     side = int(np.sqrt(grid))
     if side * side != grid:
         return f"{grid} grid tokens in shape {found} are not a square grid"
@@ -137,10 +139,11 @@ def _place(plan: _Plan, entry: Entry, found: List[Shape], model: keras.Model, fa
                 f"it does not fit {model.get_layer('head').units} classes"))
             return
     elif entry.kind == "posemb":
-        if len(found[0]) == 3:
-            check_position_grid(path, entry.keys[0], found[0][1],
+        shape = entry.posemb_shape(found) if entry.posemb_shape else found[0]
+        if len(shape) == 3:
+            check_position_grid(path, entry.keys[0], shape[1],
                                 checkpoint_position_prefix(facts.encoder, facts.has_cls))
-        problem = _posemb_problem(found[0], facts.encoder, facts.has_cls)
+        problem = _posemb_problem(shape, facts.encoder, facts.has_cls)
         if problem:
             plan.problems.append(f"{entry.keys[0]}: {problem}")
             return

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import List, Tuple
 
 import keras
+import numpy as np
 
 from keras_vit.checkpoints.key_map import (Entry, KeyMap, _block_index, _conv, _linear, _same,
-                                           _torch_norm, walk)
+                                           _shape, _torch_norm, walk)
+from keras_vit.errors import CheckpointError
 
 
 def _unit_indices(layer) -> Tuple[int, int]:
@@ -75,6 +77,21 @@ def _unit_entries(layer) -> List[Entry]:
     return entries
 
 
+def _projection_entries(layer) -> List[Entry]:
+    """CLIP's bias-free image-text projection, which timm keeps as ``head`` with a zero bias
+    (its conversion of CLIP's ``proj``): the weight, the bias checked zero."""
+    units, width = _shape(layer.kernel)[::-1]
+
+    def kernel(arrays):
+        if np.any(arrays[1]):
+            raise CheckpointError("head.bias is not zero: the head is a classifier, not "
+                                  "CLIP's bias-free projection; build without projection_dim")
+        return arrays[0].T
+
+    return [Entry(["head.weight", "head.bias"], layer.kernel, [(units, width), (units,)],
+                  kernel)]
+
+
 def timm_entries(model: keras.Model) -> List[Entry]:
     """The timm key map (``timm.models.vision_transformer.VisionTransformer``, hybrids with
     the ``ResNetV2`` backbone of ``vision_transformer_hybrid``)."""
@@ -94,6 +111,7 @@ def timm_entries(model: keras.Model) -> List[Entry]:
                                      _same("pre_logits.fc.bias", layer.bias)],
         "head": lambda layer: [_linear("head.weight", layer.kernel, "head"),
                                _same("head.bias", layer.bias, "head")],
+        "projection": _projection_entries,
         "conv_root": lambda layer: [_conv(f"{_BACKBONE}.stem.conv.weight", layer.kernel)],
         "gn_root": lambda layer: _torch_norm(f"{_BACKBONE}.stem.norm", layer),
         "unit": _unit_entries,
@@ -153,7 +171,6 @@ def timm_config_numerics(config, path: str = "config.json") -> dict:
         return {}
     name, act = timm_architecture_name(config), timm_model_args(config).get("act_layer")
     if act is not None and act not in TIMM_ACTIVATIONS:
-        from keras_vit.errors import CheckpointError
         raise CheckpointError(f"{path}: act_layer {act!r} is not an activation keras_vit "
                               f"computes (known: {', '.join(sorted(TIMM_ACTIVATIONS))})")
     notes = ((config.get("pretrained_cfg") or {}) if isinstance(

@@ -11,7 +11,7 @@ from keras_vit.layers.validation import token_size
 
 from keras_vit.layers.transformer import GELU_VARIANTS, gelu, layer_norm
 
-CLASSIFIERS = ("token", "gap", "map", "distilled")
+CLASSIFIERS = ("token", "gap", "map", "distilled", "token_gap")
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -19,17 +19,19 @@ class TokenPooling(keras.layers.Layer):
     """``"token"``: the class token's output (token 0); ``"gap"``: the mean of the tokens
     after the ``num_prefix_tokens`` prefix tokens (timm ``global_pool="avg"``; all tokens
     without prefix); ``"distilled"``: the mean of the class and distillation tokens
-    (tokens 0 and 1: DeiT's features); ``"dist"``: the distillation token (token 1).
+    (tokens 0 and 1: DeiT's features); ``"dist"``: the distillation token (token 1);
+    ``"token_gap"``: the class token and ``"gap"``'s mean side by side, (batch, 2 x D)
+    (transformers' ``Dinov2ForImageClassification``).
 
     Args:
-        classifier: ``"token"``, ``"gap"``, ``"distilled"`` or ``"dist"``.
+        classifier: ``"token"``, ``"gap"``, ``"distilled"``, ``"dist"`` or ``"token_gap"``.
         num_prefix_tokens: tokens before the patches, left out of ``"gap"``'s mean.
         **kwargs: ``keras.layers.Layer`` arguments (name, dtype).
     """
 
     def __init__(self, classifier: str = "token", num_prefix_tokens: int = 0, **kwargs):
         super().__init__(**kwargs)
-        kinds = ("token", "gap", "distilled", "dist")
+        kinds = ("token", "gap", "distilled", "dist", "token_gap")
         if classifier not in kinds:
             raise ValueError(f"classifier must be one of {kinds}, got {classifier!r}")
         self.classifier = classifier
@@ -42,9 +44,14 @@ class TokenPooling(keras.layers.Layer):
             return tokens[:, 1]
         if self.classifier == "distilled":
             return (tokens[:, 0] + tokens[:, 1]) / 2
-        return tf.reduce_mean(tokens[:, self.num_prefix_tokens:], axis=1)
+        mean = tf.reduce_mean(tokens[:, self.num_prefix_tokens:], axis=1)
+        if self.classifier == "token_gap":
+            return tf.concat([tokens[:, 0], mean], axis=-1)
+        return mean
 
     def compute_output_shape(self, input_shape):
+        if self.classifier == "token_gap":
+            return (input_shape[0], None if input_shape[2] is None else 2 * input_shape[2])
         return (input_shape[0], input_shape[2])
 
     def get_config(self):

@@ -56,6 +56,7 @@ def layer_norm(x, gamma, beta, epsilon, float32_statistics: bool = True):
 # GELU, tanh approximation: 0.5 x (1 + tanh(z)) = x sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3).
 _GELU_C1 = 2.0 * math.sqrt(2.0 / math.pi)
 _GELU_C3 = _GELU_C1 * 0.044715
+_SQRT_HALF = math.sqrt(0.5)
 
 
 @tf.custom_gradient
@@ -86,7 +87,11 @@ GELU_VARIANTS = ("tanh", "erf", "quick")
 def gelu(h, variant: str, training=None):
     """The MLP activation ``variant`` (:data:`GELU_VARIANTS`) of ``h``."""
     if variant == "erf":
-        return tf.nn.gelu(h, approximate=False)
+        # Exact GELU written with Erf, x (1 + erf(x / sqrt 2)) / 2: tf.nn.gelu writes it with
+        # Erfc, which ONNX has no operator for (tf2onnx: "Erfc unsupported"). In the order
+        # of the LiteRT converter's exact-GELU pattern, which makes it one builtin GELU op
+        # (tf.Erf alone is not a builtin). Same values within float32 rounding (tested).
+        return (h * 0.5) * (tf.math.erf(h * tf.cast(_SQRT_HALF, h.dtype)) + 1.0)
     if variant == "quick":
         return h * tf.sigmoid(tf.cast(1.702, h.dtype) * h)
     return gelu_tanh_for_training(h) if training else tf.nn.gelu(h, approximate=True)
