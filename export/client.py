@@ -103,6 +103,31 @@ def _rows(outputs, count: int, source: str, num_classes: Optional[int] = None) -
         raise ServingError(f"unexpected answer from {source}: {_one_line(error)}") from None
 
 
+def _embedding_rows(values, count: int, source: str) -> List[dict]:
+    """A headless tower's answer (its ``embedding`` output, one row per image) -> one dict
+    ``{"embedding": [floats]}`` per image, checked: one row per image, every row a list of
+    finite numbers, all of one width."""
+    def bad(what):
+        return ServingError(f"unexpected answer from {source}: {what}")
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__") \
+            or getattr(values, "ndim", 1) == 0:
+        raise bad(f"'embedding' is not one row per image ({_one_line(values)})")
+    if len(values) != count:
+        raise bad(f"{len(values)} rows of 'embedding' for {count} images")
+    rows = []
+    for i, row in enumerate(values):
+        if not (isinstance(row, (list, tuple)) or getattr(row, "ndim", None) == 1) or not all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in row):
+            raise bad(f"row {i}: embedding {_one_line(row, 60)} is not a list of numbers")
+        floats = [float(v) for v in row]
+        if not all(math.isfinite(v) for v in floats):
+            raise bad(f"row {i}: embedding has non-finite values (NaN or inf)")
+        rows.append({"embedding": floats})
+    if len({len(row["embedding"]) for row in rows}) > 1:
+        raise bad("embeddings of different widths")
+    return rows
+
+
 class _DeadlineReader(io.RawIOBase):
     """A socket's bytes, each receive bounded by what is left of the call's deadline: a
     server trickling its status line, headers, chunk sizes or body one byte at a time
@@ -227,6 +252,8 @@ def predict_rest(url: str, images: Sequence[bytes], model: str = "vit",
     if len(predictions) != len(images) or not all(isinstance(p, dict) for p in predictions):
         raise ServingError(f"unexpected answer from {endpoint}: {len(predictions)} predictions "
                            f"for {len(images)} images")
+    if predictions and all(set(p) == {"embedding"} for p in predictions):  # a headless tower
+        return _embedding_rows([p["embedding"] for p in predictions], len(images), endpoint)
     columns = {k: [p.get(k) for p in predictions] for k in ("classes", "scores", "labels")
                if all(k in p for p in predictions)}
     return _rows(columns, len(images), endpoint, _rest_class_count(predictions, endpoint))
@@ -267,13 +294,26 @@ def predict_grpc(address: str, images: Sequence[bytes], model: str = "vit",
         except grpc.RpcError as error:
             raise ServingError(f"gRPC {error.code().name} from {address}: "
                                f"{_one_line(error.details())}") from None
+    if set(response.outputs) == {"embedding"}:  # a headless tower
+        _declared(response.outputs["embedding"], "embedding", len(images), address)
+        return _embedding_rows(_make_ndarray(response.outputs["embedding"], address),
+                               len(images), address)
     outputs, num_classes = _grpc_outputs(response.outputs, len(images), address)
     return _rows(outputs, len(images), address, num_classes)
 
 
+def _make_ndarray(proto, source: str):
+    import tensorflow as tf
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as error:  # a malformed TensorProto
+        raise ServingError(f"unexpected answer from {source}: {_one_line(error)}") from None
+
+
 # What each output of a gRPC answer may be: key -> the TensorProto value fields it may use.
 _GRPC_FIELDS = {"classes": ("int_val", "int64_val"), "scores": ("float_val",),
-                "labels": ("string_val",), "probabilities": ("float_val",)}
+                "labels": ("string_val",), "probabilities": ("float_val",),
+                "embedding": ("float_val",)}
 
 
 def _declared(proto, key: str, count: int, source: str) -> List[int]:
@@ -338,6 +378,9 @@ def predict_saved_model(version_dir: str, images: Sequence[bytes]) -> List[dict]
     for start in range(0, len(images), batch):
         chunk = list(images[start:start + batch])
         outputs = serve(**{DEFAULT_SIGNATURE.input_key: tf.constant(chunk, tf.string)})
+        if "embedding" in outputs:  # a headless tower's export
+            rows += _embedding_rows(outputs["embedding"].numpy(), len(chunk), version_dir)
+            continue
         rows += _rows({k: v.numpy() for k, v in outputs.items()}, len(chunk), version_dir,
                       outputs["probabilities"].shape[-1])
     return rows

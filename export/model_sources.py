@@ -204,11 +204,24 @@ def _top_k(probabilities: np.ndarray, k: int, labels) -> dict:
             "probabilities": [float(probabilities[i]) for i in order]}
 
 
+def embedding_row(path: str, embedding) -> dict:
+    """What ``predict`` says of a headless tower's embedding of one image: the file, the
+    embedding's width (``dimension``), its L2 ``norm`` and its values."""
+    values = np.asarray(embedding, np.float64)
+    return {"file": path, "dimension": int(values.size),
+            "norm": float(np.sqrt(np.sum(values * values))),
+            "embedding": [float(v) for v in values]}
+
+
 def predict_keras(model, labels, paths: Sequence[str], top_k: int = 5) -> List[dict]:
-    """Top-k predictions of an in-memory keras_vit model for image files."""
+    """Top-k predictions of an in-memory keras_vit model for image files (a headless
+    tower's: :func:`embedding_row` of each)."""
     images = np.stack([load_pixels(model, p, data)
                        for p, data in zip(paths, read_image_files(paths))])
-    from keras_vit.inference import class_probabilities
+    from keras_vit.inference import class_probabilities, model_outputs
+    from keras_vit.models import has_head
+    if not has_head(model):
+        return [embedding_row(p, row) for p, row in zip(paths, model_outputs(model, images))]
     probabilities = class_probabilities(model, images)
     return [dict(file=p, **_top_k(row, top_k, labels)) for p, row in zip(paths, probabilities)]
 
@@ -231,6 +244,8 @@ def predict_served(spec: str, paths: Sequence[str], top_k: int = 5,
             rows += (client.predict_grpc(spec[len("grpc://"):], chunk, model=server_model)
                      if spec.startswith("grpc://")
                      else client.predict_rest(spec, chunk, model=server_model))
+    if rows and "embedding" in rows[0]:  # a headless tower's export
+        return [embedding_row(p, row["embedding"]) for p, row in zip(paths, rows)]
     return [{"file": p, "classes": row["classes"][:top_k],
              "labels": (row.get("labels") or [str(c) for c in row["classes"]])[:top_k],
              "probabilities": row["scores"][:top_k]} for p, row in zip(paths, rows)]
@@ -239,7 +254,9 @@ def predict_served(spec: str, paths: Sequence[str], top_k: int = 5,
 def predict(spec: str, paths: Sequence[str], top_k: int = 5,
             architecture: Optional[str] = None, server_model: str = "vit") -> List[dict]:
     """Top-k predictions of any model (see the module docstring) for image files: one dict
-    per image with ``file``, ``classes``, ``labels`` and ``probabilities``."""
+    per image with ``file``, ``classes``, ``labels`` and ``probabilities``; for a headless
+    tower (no head: an embedding out), ``file``, ``dimension``, ``norm`` and ``embedding``
+    (:func:`embedding_row`)."""
     if top_k < 1:
         raise ValueError(f"--top-k must be positive, got {top_k}")
     if model_kind(spec) in ("server", "saved_model"):
@@ -255,9 +272,13 @@ def shown_label(name: str) -> str:
 
 
 def format_predictions(rows: Sequence[dict], as_json: bool = False) -> str:
-    """One line per image (``file: label p, ...``), or one JSON document."""
+    """One line per image (``file: label p, ...``; a headless tower's: ``file: embedding of D
+    values, L2 norm N``), or one JSON document (with the embeddings' values)."""
     if as_json:
         return json.dumps({"predictions": list(rows)}, indent=2)
+    if rows and "embedding" in rows[0]:
+        return "\n".join(f"{row['file']}: embedding of {row['dimension']} values, L2 norm "
+                         f"{row['norm']:.4g}" for row in rows)
     return "\n".join(f"{row['file']}: " + ", ".join(
         f"{shown_label(name)} {p:.3f}" for name, p in zip(row["labels"], row["probabilities"]))
         for row in rows)

@@ -1,7 +1,8 @@
 """One-file exports for phones, browsers and ONNX Runtime: LiteRT (``.tflite``) and ONNX.
 
 The file takes float pixels in [0, 255] (NHWC, any batch, at the model's resolution: the model's
-own first layer rescales them) and returns float32 ``probabilities`` (softmax of the logits),
+own first layer rescales them) and returns float32 ``probabilities`` (softmax of the logits;
+a headless tower's file returns its ``embedding`` instead, as the model computes it),
 computed in float32 (also for a model trained under a mixed-precision policy). The converters
 are the maintained ones, through Keras's ``model.export``: the LiteRT converter shipped with
 TensorFlow (builtin ops only, so the file runs without the Flex delegate) and tf2onnx. Each file
@@ -22,7 +23,8 @@ import keras
 import numpy as np
 
 import keras_vit
-from keras_vit.inference import class_probabilities
+from keras_vit.inference import class_probabilities, model_outputs
+from keras_vit.models import has_head
 from export.progress import Progress
 from export.runtimes import runner
 from export.saved_model import ExportError, check_finite_weights
@@ -53,13 +55,17 @@ def check_options(fmt: str, quantization: Optional[str]) -> None:
 
 def probability_model(model: keras.Model) -> keras.Model:
     """``model`` at its own resolution, float32, without dropout, with a softmax on top:
-    ``{"images": pixels in [0, 255]} -> {"probabilities": ...}``."""
+    ``{"images": pixels in [0, 255]} -> {"probabilities": ...}``; a headless tower
+    (:func:`keras_vit.models.has_head`) without one: ``-> {"embedding": ...}``."""
     if "rescaling" not in [layer.name for layer in model.layers]:
         raise ValueError(f"model {model.name!r} was built with include_preprocessing=False: "
                          "the exported file would take [-1, 1] inputs, not pixels")
     inference = keras_vit.inference_model(model, "float32", fold=False)
     height, width = keras_vit.model_image_size(model)
     images = keras.Input((height, width, 3), name="images")
+    if not has_head(model):
+        embedding = keras.layers.Identity(name="embedding", dtype="float32")(inference(images))
+        return keras.Model(images, {"embedding": embedding}, name=model.name)
     probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(
         inference(images))
     return keras.Model(images, {"probabilities": probabilities}, name=model.name)
@@ -124,6 +130,23 @@ def compare(want: np.ndarray, got: np.ndarray, tolerance: float,
     return report
 
 
+def compare_embeddings(want: np.ndarray, got: np.ndarray, tolerance: float) -> dict:
+    """A headless tower's embeddings ``got`` against ``want``: ``ok`` when the largest
+    difference is within ``tolerance`` times the largest |value| of ``want``
+    (``max_abs_diff`` is that ratio)."""
+    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    if got.shape != want.shape:
+        return {"ok": False, "problem": f"output shape {got.shape}, expected {want.shape}"}
+    diff = float(np.abs(got - want).max()) if np.isfinite(got).all() else float("inf")
+    diff /= max(float(np.abs(want).max()), 1e-30)
+    report = {"images": len(want), "max_abs_diff": diff, "tolerance": tolerance,
+              "embedding": True, "ok": diff <= tolerance}
+    if not report["ok"]:
+        report["problem"] = (f"max embedding difference {diff:.3g} of its largest value "
+                             f"> {tolerance:g}")
+    return report
+
+
 def verify_file(path: str, model: keras.Model, fmt: str, quantization: Optional[str] = None,
                 images: Optional[np.ndarray] = None) -> dict:
     """Runs ``path`` with its own runtime and ``model`` in Keras on ``images`` (default:
@@ -138,14 +161,21 @@ def verify_file(path: str, model: keras.Model, fmt: str, quantization: Optional[
         # A mixed-precision model: the file computes in float32 (probability_model), so
         # the reference is the float32 copy of the same weights.
         model = keras_vit.inference_model(model, "float32", fold=False)
-    want = class_probabilities(model, images)
     got = runner(fmt, path)(images)
-    return compare(want, got, *TOLERANCES[(fmt, quantization)])
+    if not has_head(model):  # the same numbers, relative to the largest |value|
+        return compare_embeddings(model_outputs(model, images), got,
+                                  TOLERANCES[(fmt, quantization)][0])
+    return compare(class_probabilities(model, images), got, *TOLERANCES[(fmt, quantization)])
 
 
 def format_verification(path: str, report: dict) -> str:
     if "max_abs_diff" not in report:
         return f"{path}: FAILED: {report['problem']}"
+    if report.get("embedding"):
+        line = (f"{path}: embeddings of {report['images']} images, max difference "
+                f"{report['max_abs_diff']:.2g} of the largest value (tolerance "
+                f"{report['tolerance']:g})")
+        return line if report["ok"] else f"{line}: FAILED: {report['problem']}"
     line = (f"{path}: top-1 agrees on {report['top1_agree']}/{report['images']} images, "
             f"max probability difference {report['max_abs_diff']:.2g} "
             f"(tolerance {report['tolerance']:g})")

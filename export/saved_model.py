@@ -87,10 +87,20 @@ def _positive_int(name, value):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def output_kind(model: keras.Model) -> str:
+    """``"classes"`` for a classifier, ``"embedding"`` for a headless tower (a keras_vit model
+    without a head, :func:`keras_vit.models.has_head`): what its export serves."""
+    from keras_vit.models import has_head
+    return "classes" if has_head(model) else "embedding"
+
+
 def _check_arguments(model, name, version, labels, top_k, max_pixels, max_batch):
     check_name(name)
     check_version(version)
     num_classes = model.output_shape[-1]
+    if labels is not None and output_kind(model) == "embedding":
+        raise ValueError(f"labels given for model {model.name!r}, which has no head (its "
+                         f"output is a {num_classes}-wide embedding, served as 'embedding')")
     if labels is not None and len(labels) != num_classes:
         raise ValueError(f"{len(labels)} labels given for a model with {num_classes} classes")
     if top_k < 1:
@@ -134,7 +144,8 @@ def _build_archive(model, labels, top_k, frozen, precision, max_pixels, max_batc
 
         def logits_fn(images):
             return served(images, training=False)
-    functions = make_serving_functions(logits_fn, model.output_shape[-1], size, labels, top_k,
+    num_classes = model.output_shape[-1] if output_kind(model) == "classes" else None
+    functions = make_serving_functions(logits_fn, num_classes, size, labels, top_k,
                                        max_pixels, max_batch, model_interpolation(model))
     for sig in SIGNATURES:
         archive.add_endpoint(sig.name, functions[sig.name], input_signature=[sig.spec()])
@@ -166,7 +177,10 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     JPEG/PNG/GIF/BMP strings) and ``serving_images`` (``images``: float pixels in [0, 255],
     any size), both returning ``probabilities``, ``scores`` / ``classes`` (top ``top_k``) and
     ``labels`` when class names are known (``labels``, else the model's ``class_names``: a
-    published ImageNet-1k head's, a transformers config's). An encoded image over ``max_pixels``
+    published ImageNet-1k head's, a transformers config's). A model without a head (a
+    headless tower, ``include_top=False``) serves its output as ``embedding`` instead
+    (float32, not normalised; :data:`export.signatures.EMBEDDING_OUTPUTS`); it takes no
+    ``labels``. An encoded image over ``max_pixels``
     pixels (read from its header) or in another format is refused with InvalidArgument before it
     is decoded. A request of more than ``max_batch`` images (default
     :data:`export.signatures.DEFAULT_MAX_BATCH`, 64) is refused with InvalidArgument before
@@ -189,12 +203,12 @@ def export_saved_model(model: keras.Model, base_dir: str, name: str = "vit",
     """
     from export.frozen import check_precision
     check_precision(precision)
-    if labels is None:
+    if not labels:  # (a headless tower's class_names are [])
         labels = list(getattr(model, "class_names", None) or []) or None
     _check_arguments(model, name, version, labels, top_k, max_pixels, max_batch)
     check_finite_weights(model)
     info = {"precision": precision, "frozen": bool(frozen), "max_pixels": max_pixels,
-            "max_batch": max_batch,
+            "max_batch": max_batch, "outputs": output_kind(model),
             "source": {"name": model.name, "weights_sha256": model_fingerprint(model)}}
     if image_size is not None:
         model = keras_vit.model_at_resolution(model, image_size)
@@ -255,11 +269,16 @@ def read_labels(path: str) -> list:
     return [line.strip() for line in lines]
 
 
-def keras_probabilities(model, image_bytes: Sequence[bytes]) -> np.ndarray:
-    """The in-memory model's probabilities for encoded images, through the same
-    preprocessing as the export (for comparisons)."""
-    import tensorflow as tf
+def keras_outputs(model, image_bytes: Sequence[bytes]) -> np.ndarray:
+    """The in-memory model's float32 outputs (logits, or a headless tower's embeddings) for
+    encoded images, through the same preprocessing as the export (for comparisons)."""
     size, method = keras_vit.model_image_size(model), model_interpolation(model)
     images = tf.stack([keras_vit.preprocess_image(tf.constant(b), size, interpolation=method)
                        for b in image_bytes])
-    return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)).numpy()
+    return tf.cast(model(images, training=False), tf.float32).numpy()
+
+
+def keras_probabilities(model, image_bytes: Sequence[bytes]) -> np.ndarray:
+    """The in-memory model's probabilities for encoded images, through the same
+    preprocessing as the export (for comparisons)."""
+    return tf.nn.softmax(keras_outputs(model, image_bytes)).numpy()

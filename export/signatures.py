@@ -43,11 +43,24 @@ SIGNATURES = (
     Signature("serving_images", "images", "float32", (-1, -1, -1, 3), encoded=False),
 )
 DEFAULT_SIGNATURE = SIGNATURES[0]
-# Outputs of every signature: name -> (dtype, shape); "K": the model's class count, "k":
-# the export's top-k. "labels" only when class names are known.
+# Outputs of every signature of a classifier: name -> (dtype, shape); "K": the model's class
+# count, "k": the export's top-k. "labels" only when class names are known.
 OUTPUTS = {"probabilities": ("float32", (-1, "K")), "scores": ("float32", (-1, "k")),
            "classes": ("int32", (-1, "k"))}
 OPTIONAL_OUTPUTS = {"labels": ("string", (-1, "k"))}
+# Outputs of every signature of a headless tower (a model without a head, e.g. a CLIP,
+# DINOv2 or SigLIP image tower: keras_vit.models.has_head): its pooled features as they are
+# (not normalised), "D" their width. No softmax, top-k or labels.
+EMBEDDING_OUTPUTS = {"embedding": ("float32", (-1, "D"))}
+# What a version serves, recorded in its export info ("outputs"): class scores or embeddings.
+OUTPUT_KINDS = ("classes", "embedding")
+
+
+def outputs_of(kind: str) -> dict:
+    """The outputs every signature of a ``kind`` export has (:data:`OUTPUT_KINDS`)."""
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"unknown output kind {kind!r} (known: {', '.join(OUTPUT_KINDS)})")
+    return OUTPUTS if kind == "classes" else EMBEDDING_OUTPUTS
 
 
 def find_signature(name: str) -> Signature:
@@ -58,15 +71,32 @@ def find_signature(name: str) -> Signature:
                      f"{', '.join(s.name for s in SIGNATURES)})")
 
 
-def make_serving_functions(logits_fn, num_classes: int, image_size,
+def _class_outputs(num_classes: int, labels: Optional[Sequence[str]], top_k: int):
+    """float32 logits -> the classifier's outputs (:data:`OUTPUTS`, labels when known)."""
+    label_table = tf.constant(list(labels)) if labels else None
+
+    def outputs(logits):
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        scores, classes = tf.math.top_k(probabilities, k=min(top_k, num_classes))
+        result = {"probabilities": probabilities, "scores": scores,
+                  "classes": tf.cast(classes, tf.int32)}
+        if label_table is not None:
+            result["labels"] = tf.gather(label_table, classes)
+        return result
+    return outputs
+
+
+def make_serving_functions(model_fn, num_classes: Optional[int], image_size,
                            labels: Optional[Sequence[str]], top_k: int,
                            max_pixels: int = DEFAULT_MAX_PIXELS,
                            max_batch: int = DEFAULT_MAX_BATCH,
                            interpolation: str = "bilinear") -> dict:
     """``{signature name: function}`` for ExportArchive, one per :data:`SIGNATURES` entry.
 
-    ``logits_fn`` maps a float32 batch (batch, height, width, 3) of [0, 255] pixels to
-    logits: the Keras model itself, or its frozen graph (:mod:`export.frozen`).
+    ``model_fn`` maps a float32 batch (batch, height, width, 3) of [0, 255] pixels to
+    logits (a classifier of ``num_classes``: :data:`OUTPUTS`) or, with ``num_classes=None``,
+    to a headless tower's embeddings (:data:`EMBEDDING_OUTPUTS`, ``labels`` and ``top_k``
+    unused): the Keras model itself, or its frozen graph (:mod:`export.frozen`).
     ``max_pixels`` bounds each encoded image (checked from its header before decoding).
     The images of a request are decoded one at a time, so its decoding memory is that of
     its largest image; a bad image fails the whole request with a message naming its index.
@@ -75,22 +105,15 @@ def make_serving_functions(logits_fn, num_classes: int, image_size,
     ``interpolation`` (the model's: :func:`keras_vit.preprocessing.model_interpolation`).
     """
     height, width = image_size
-    k = min(top_k, num_classes)
-    label_table = tf.constant(list(labels)) if labels else None
     pixels = tf.TensorSpec((height, width, 3), tf.float32)
+    heads = (_class_outputs(num_classes, labels, top_k) if num_classes is not None
+             else lambda embedding: {"embedding": embedding})
 
     def outputs(images):
         # An empty batch gets empty outputs: the model runs on one blank image, cut away.
         count = tf.shape(images)[0]
         padded = tf.concat([images, tf.zeros([tf.maximum(1 - count, 0), height, width, 3])], 0)
-        logits = tf.cast(logits_fn(padded), tf.float32)[:count]
-        probabilities = tf.nn.softmax(logits, axis=-1)
-        scores, classes = tf.math.top_k(probabilities, k=k)
-        result = {"probabilities": probabilities, "scores": scores,
-                  "classes": tf.cast(classes, tf.int32)}
-        if label_table is not None:
-            result["labels"] = tf.gather(label_table, classes)
-        return result
+        return heads(tf.cast(model_fn(padded), tf.float32)[:count])
 
     def preprocess_batch(batch, parallel_iterations):
         indices = tf.range(tf.shape(batch)[0])

@@ -18,21 +18,25 @@ from typing import Optional
 import numpy as np
 
 from export.progress import Progress
-from export.saved_model import keras_probabilities, model_fingerprint, read_export_info
-from export.signatures import OPTIONAL_OUTPUTS, OUTPUTS, PREDICT_METHOD, SIGNATURES
+from export.saved_model import (keras_outputs, keras_probabilities, model_fingerprint,
+                                read_export_info)
+from export.signatures import OPTIONAL_OUTPUTS, PREDICT_METHOD, SIGNATURES, outputs_of
 from export.warmup import fit_size, sample_image
 
 SESSION_CHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "session_check.py")
-# Largest |served - Keras| probability accepted, by the export's precision.
+# Largest |served - Keras| probability accepted, by the export's precision; for an
+# embedding export, the largest |served - Keras| over the largest |Keras| value.
 TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
 
 
-def expected_signatures(num_classes: Optional[int]) -> dict:
+def expected_signatures(width: Optional[int], kind: str = "classes") -> dict:
     """From the signature table: ``{name: (inputs, outputs)}``, each ``{key: (dtype,
-    shape)}``; None in a shape matches any size (the class count when it is unknown, top-k)."""
-    sizes = {"K": num_classes, "k": None}
+    shape)}``; None in a shape matches any size (the model's output width, its class count
+    or embedding width, when it is unknown; top-k). ``kind``: what the version serves
+    (:data:`export.signatures.OUTPUT_KINDS`)."""
+    sizes = {"K": width, "D": width, "k": None}
     outputs = {key: (dtype, [sizes.get(d, d) for d in shape])
-               for key, (dtype, shape) in OUTPUTS.items()}
+               for key, (dtype, shape) in outputs_of(kind).items()}
     return {sig.name: ({sig.input_key: (sig.dtype, list(sig.shape))}, outputs)
             for sig in SIGNATURES}
 
@@ -70,9 +74,9 @@ def _run_session_check(version_dir, image_files, directory, timeout):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _signature_failures(found_signatures, num_classes):
+def _signature_failures(found_signatures, width, kind):
     failures = []
-    for name, (inputs, outputs) in expected_signatures(num_classes).items():
+    for name, (inputs, outputs) in expected_signatures(width, kind).items():
         sig = found_signatures.get(name)
         if sig is None:
             failures.append(f"missing signature {name!r}")
@@ -111,13 +115,42 @@ def _graph_failures(report):
     return failures
 
 
+def _served(predict, key):
+    """(the served output ``key`` of the predict on real image bytes, failures)."""
+    if predict is None:
+        return None, ["no predict was run (serving_default missing)"]
+    if "error" in predict:
+        return None, [f"predict on real image bytes failed: {predict['error']}"]
+    if key not in predict:
+        return None, [f"the predict on real image bytes returned no {key!r}"]
+    return np.asarray(predict[key], np.float32), []
+
+
+def _embedding_failures(predict, keras_embedding, rtol):
+    """(failures, max |served - Keras| / max |Keras|) of an embedding export."""
+    served, failures = _served(predict, "embedding")
+    if failures:
+        return failures, None
+    if not np.isfinite(served).all():
+        return ["served embeddings are not finite (NaN or inf)"], None
+    if keras_embedding is None:
+        return [], None
+    if served.shape != keras_embedding.shape:
+        return [f"served embeddings have shape {served.shape}, Keras model "
+                f"{keras_embedding.shape}"], None
+    scale = float(np.abs(keras_embedding).max())
+    diff = float(np.abs(served - keras_embedding).max()) / max(scale, 1e-30)
+    if not diff <= rtol:  # NaN or inf from the Keras model fail too
+        return [f"served and Keras embeddings differ by {diff:.3g} of their largest value "
+                f"(> {rtol})"], diff
+    return [], diff
+
+
 def _agreement_failures(predict, keras_probs, atol):
     """(failures, max |served - Keras|) for the predict on real image bytes."""
-    if predict is None:
-        return ["no predict was run (serving_default missing)"], None
-    if "error" in predict:
-        return [f"predict on real image bytes failed: {predict['error']}"], None
-    served = np.asarray(predict["probabilities"], np.float32)
+    served, failures = _served(predict, "probabilities")
+    if failures:
+        return failures, None
     if not np.isfinite(served).all():  # NaN passes any "diff > atol" test
         bad = int((~np.isfinite(served)).any(axis=tuple(range(1, served.ndim))).sum())
         return [f"served probabilities are not finite (NaN or inf) on {bad} of "
@@ -155,7 +188,9 @@ def verify_export(version_dir: str, model=None, image_files=None, atol: Optional
     The served probabilities must be within ``atol`` of the Keras model's (default by the
     export's precision, :data:`TOLERANCES`) and give the same top-1 class wherever the
     model's own top-1 margin is wider than ``atol``; the model must be the one the version
-    was exported from (its weights fingerprint is recorded in the export).
+    was exported from (its weights fingerprint is recorded in the export). An embedding
+    export (a headless tower's) must serve embeddings within ``atol`` times the largest
+    |value| of the Keras model's.
     """
     version_dir = os.path.abspath(version_dir)  # the check runs in another directory
     if not os.path.exists(os.path.join(version_dir, "saved_model.pb")):
@@ -171,16 +206,18 @@ def verify_export(version_dir: str, model=None, image_files=None, atol: Optional
         progress.advance()
         if isinstance(report, str):
             return {"ok": False, "failures": [report]}
-        keras_probs = None
+        kind, want = info.get("outputs", "classes"), None
         if model is not None:
-            keras_probs = keras_probabilities(model, [open(f, "rb").read() for f in image_files])
+            outputs = keras_probabilities if kind == "classes" else keras_outputs
+            want = outputs(model, [open(f, "rb").read() for f in image_files])
             progress.advance()
-    num_classes = model.output_shape[-1] if model is not None else None
-    agreement, max_diff = _agreement_failures(report["predict"], keras_probs, atol)
-    failures = (_source_failures(info, model) + _signature_failures(report["signatures"],
-                                                                    num_classes)
+    width = model.output_shape[-1] if model is not None else None
+    agreement, max_diff = (_agreement_failures if kind == "classes" else _embedding_failures)(
+        report["predict"], want, atol)
+    failures = (_source_failures(info, model)
+                + _signature_failures(report["signatures"], width, kind)
                 + _graph_failures(report) + agreement)
-    return {"ok": not failures, "failures": failures, "max_abs_diff": max_diff,
+    return {"ok": not failures, "failures": failures, "max_abs_diff": max_diff, "outputs": kind,
             "precision": info.get("precision"), "frozen": info.get("frozen"), "atol": atol,
             "signatures": report["signatures"], "warmup_records": report["warmup"]["records"],
             "predict": report["predict"]}
@@ -198,7 +235,9 @@ def format_report(version_dir: str, report: dict) -> str:
     if "warmup_records" in report:
         lines.append(f"  warm-up records replayed: {report['warmup_records']}")
     if report.get("max_abs_diff") is not None:
-        lines.append(f"  max |served - Keras| probability: {report['max_abs_diff']:.3g} "
+        what = ("embedding, over its largest |value|" if report.get("outputs") == "embedding"
+                else "probability")
+        lines.append(f"  max |served - Keras| {what}: {report['max_abs_diff']:.3g} "
                      f"(tolerance {report['atol']:.3g})")
     lines += [f"  FAIL: {f}" for f in report["failures"]]
     return "\n".join(lines)

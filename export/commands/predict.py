@@ -1,12 +1,14 @@
 """``keras-vit predict`` (also ``python -m export predict``): classify images with any
-model: a run directory, ``.keras``, ``.npz``, an exported version or a TF Serving server."""
+model: a run directory, ``.keras``, ``.npz``, an exported version or a TF Serving server. A
+headless tower (no head: an embedding out) prints each image's embedding width and L2 norm
+(``--json``: the values too)."""
 from __future__ import annotations
 
 from export.model_sources import (KINDS, format_predictions, model_kind, predict,
                                   read_image_files)
 
 NAME = "predict"
-HELP = "classify images with any model"
+HELP = "classify images with any model (a headless tower: embed them)"
 
 
 def add_arguments(parser):
