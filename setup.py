@@ -47,8 +47,9 @@ setup(
         "litert": LITERT,
         "onnx": ONNX,
         "docs": DOCS,
-        # ruff: the lint of .ci/run (ruff.toml).
-        "test": SERVING + HUB + LITERT + ONNX + ["pytest>=7", "scipy", "ruff>=0.4"],
+        # ruff: the lint of .ci/run (ruff.toml); pytest-xdist: the suite on both cores.
+        "test": SERVING + HUB + LITERT + ONNX + ["pytest>=7", "pytest-xdist>=3", "scipy",
+                                                "ruff>=0.4"],
         # benchmarks/compare.py: the peers it measures keras-vit against;
         # benchmarks/make_hub_fixtures.py: the libraries whose logits the hub tests check.
         "benchmark": SERVING + HUB + ["torch", "torchvision", "timm", "keras-hub",

@@ -60,7 +60,7 @@ def test_a_broken_example_fails(tmp_path):
 def test_readme_test_command_is_the_one_ci_runs():
     readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
     ci = open(os.path.join(REPO, ".ci", "run"), encoding="utf-8").read()
-    command = "python -m pytest -q tests"
+    command = "python -m pytest -q -n 2 --dist loadfile tests"
     assert f'pip install ".[test]" && {command}\n' in readme
     assert f"\n{command}\n" in ci
     assert "python -m mkdocs build --strict" in ci
