@@ -42,6 +42,7 @@ import keras
 
 from keras_vit import weights_kind as kinds
 from keras_vit.errors import CheckpointError
+from keras_vit.models import has_head
 from keras_vit.preprocessing import INTERPOLATIONS
 from keras_vit.sources import read_json
 
@@ -219,7 +220,7 @@ def _name_classes(model: keras.Model, pretrained: dict, weights: str, source: st
     if not isinstance(names, list) or len(names) != classes or None in names:
         raise CheckpointError(f"{source}: label_names does not name the {classes} classes of "
                               "the head; fix or remove it")
-    if "head" in [layer.name for layer in model.layers] and model.output_shape[-1] == classes:
+    if has_head(model) and model.output_shape[-1] == classes:
         model.class_names = [str(name) for name in names]
 
 

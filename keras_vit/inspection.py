@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from keras_vit.inference import class_probabilities
 from keras_vit.layers.transformer import TransformerBlock, layer_norm
+from keras_vit.models import has_head
 from keras_vit.position_embeddings import to_pair
 
 # About how much memory the attention maps of one chunk of images may take in
@@ -370,7 +371,7 @@ def explain(model: keras.Model, images) -> Dict[str, np.ndarray]:
     grid = token_grid(model, images.shape[1:3])
     result = {"rollout": rollout_map(attention_weights(model, images), grid,
                                      num_prefix_tokens(model))}
-    if "head" in {layer.name for layer in model.layers}:
+    if has_head(model):
         result["probabilities"] = class_probabilities(model, images)
     return result
 
