@@ -6,8 +6,14 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras_vit  # noqa: E402,F401
-import keras  # noqa: E402
+# TensorFlow's C++ start-up lines ignore the log level: pytest's capture hides them in one
+# process, but a pytest-xdist worker imports this file with its stderr open, so they are
+# dropped here as the commands drop them (export/startup.py).
+from export.startup import _start_up_lines_filtered  # noqa: E402
+
+with _start_up_lines_filtered():
+    import keras_vit  # noqa: E402,F401
+    import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
