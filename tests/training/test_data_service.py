@@ -22,12 +22,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _die_with_the_test_process():
+    """(preexec) The child is SIGKILLed when the test process dies, even by SIGKILL: without
+    it, servers of a killed pytest (Ctrl-C twice, kill -9, a crashed xdist worker) lived on
+    as orphans holding their ports and a core."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _start(args, log_path):
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, "-m", "training.cli", "data-service", *args],
                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO,
-                                    "HOME": str(log_path.parent)})
+                                    "HOME": str(log_path.parent)},
+                               preexec_fn=_die_with_the_test_process)
     return process, log_path
 
 
@@ -235,7 +246,8 @@ def lost_worker(tmp_path_factory):
                                stdout=open(logs / "trainer.out", "w"),
                                stderr=open(logs / "trainer.err", "w"),
                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO,
-                                    "HOME": str(logs)})
+                                    "HOME": str(logs)},
+                               preexec_fn=_die_with_the_test_process)
     yield trainer, time.monotonic(), logs
     for process in (trainer, doomed):
         if process.poll() is None:
