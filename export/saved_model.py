@@ -278,6 +278,16 @@ def keras_outputs(model, image_bytes: Sequence[bytes]) -> np.ndarray:
     return tf.cast(model(images, training=False), tf.float32).numpy()
 
 
+def embedding_difference(want, got) -> float:
+    """How far embeddings ``got`` are from ``want``: the largest |got - want| over the
+    largest |want| (inf where ``got`` is not finite), the measure verification and the
+    portable files' checks hold a headless tower's outputs to."""
+    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    if not np.isfinite(got).all():
+        return float("inf")
+    return float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-30)
+
+
 def keras_probabilities(model, image_bytes: Sequence[bytes]) -> np.ndarray:
     """The in-memory model's probabilities for encoded images, through the same
     preprocessing as the export (for comparisons)."""

@@ -18,8 +18,8 @@ from typing import Optional
 import numpy as np
 
 from export.progress import Progress
-from export.saved_model import (keras_outputs, keras_probabilities, model_fingerprint,
-                                read_export_info)
+from export.saved_model import (embedding_difference, keras_outputs, keras_probabilities,
+                                model_fingerprint, read_export_info)
 from export.signatures import OPTIONAL_OUTPUTS, PREDICT_METHOD, SIGNATURES, outputs_of
 from export.warmup import fit_size, sample_image
 
@@ -138,8 +138,7 @@ def _embedding_failures(predict, keras_embedding, rtol):
     if served.shape != keras_embedding.shape:
         return [f"served embeddings have shape {served.shape}, Keras model "
                 f"{keras_embedding.shape}"], None
-    scale = float(np.abs(keras_embedding).max())
-    diff = float(np.abs(served - keras_embedding).max()) / max(scale, 1e-30)
+    diff = embedding_difference(keras_embedding, served)
     if not diff <= rtol:  # NaN or inf from the Keras model fail too
         return [f"served and Keras embeddings differ by {diff:.3g} of their largest value "
                 f"(> {rtol})"], diff

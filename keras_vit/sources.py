@@ -117,7 +117,7 @@ def read_json(path, error=ValueError):
 def read_transformers_config(directory) -> dict:
     """The image model's config of a transformers model directory, checked: its
     ``config.json`` (a ``"clip"`` or ``"siglip"`` directory's ``vision_config``, with the
-    directory's ``model_type`` and ``projection_dim``), the fields keras_vit reads filled
+    directory's ``model_type``), the fields keras_vit reads filled
     with the model type's defaults (:data:`TRANSFORMERS_DEFAULTS`) where left out.
 
     Raises:
@@ -140,8 +140,6 @@ def read_transformers_config(directory) -> dict:
         raise CheckpointError(f"{path}: vision_config is not a JSON object")
     vision = dict(TRANSFORMERS_DEFAULTS[_TOWERS.get(found, found)], **vision)
     vision["model_type"] = found
-    if found in _TOWERS:
-        vision["projection_dim"] = config.get("projection_dim")
     _check_config_fields(vision, path)
     return vision
 
