@@ -250,33 +250,43 @@ def finish_note(lines, data: dict, path: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def command_line(argv, description: str, script, cases, write_note=None) -> None:
+    """The command line of a parity script (this one, ``transformers_family.py``):
+    ``fixtures``, ``real``, ``torch-case`` / ``keras-case`` (one case, run by ``real`` in
+    each environment) and, with ``write_note``, ``note`` (a JSON of ``real`` -> a note);
+    ``script`` is the module holding the commands' functions."""
+    parser = argparse.ArgumentParser(description=description)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fixtures")
     run = sub.add_parser("real")
     run.add_argument("--torch-python", default="/work/venv-ref/bin/python")
     run.add_argument("--output", required=True)
-    run.add_argument("--cases", nargs="*", default=sorted(CASES))
-    note = sub.add_parser("note")  # a JSON written by `real --output X.json` -> a note
-    note.add_argument("json")
-    note.add_argument("output")
+    run.add_argument("--cases", nargs="*", default=list(cases))
+    if write_note is not None:
+        note = sub.add_parser("note")  # a JSON written by `real --output X.json` -> a note
+        note.add_argument("json")
+        note.add_argument("output")
     for name in ("torch-case", "keras-case"):
         one = sub.add_parser(name)
         one.add_argument("case")
         one.add_argument("directory")
     args = parser.parse_args(argv)
     if args.command == "fixtures":
-        fixtures()
+        script.fixtures()
     elif args.command == "real":
-        real(args.torch_python, args.output, args.cases)
+        script.real(args.torch_python, args.output, args.cases)
     elif args.command == "note":
         with open(args.json) as f:
             write_note(json.load(f), args.output)
     elif args.command == "torch-case":
-        torch_case(args.case, args.directory)
+        script.torch_case(args.case, args.directory)
     else:
-        print(json.dumps(keras_case(args.case, args.directory)))
+        print(json.dumps(script.keras_case(args.case, args.directory)))
+
+
+def main(argv=None) -> None:
+    command_line(argv, __doc__.split("\n")[0], sys.modules[__name__], sorted(CASES),
+                 write_note)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ max|transformers|`` (float32) of each.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -264,27 +263,9 @@ def write_note(data: dict, path: str) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fixtures")
-    run = sub.add_parser("real")
-    run.add_argument("--torch-python", default="/work/venv-ref/bin/python")
-    run.add_argument("--output", required=True)
-    run.add_argument("--cases", nargs="*", default=REAL_CASES)
-    for name in ("torch-case", "keras-case"):
-        one = sub.add_parser(name)
-        one.add_argument("case")
-        one.add_argument("directory")
-    args = parser.parse_args(argv)
-    if args.command == "fixtures":
-        fixtures()
-    elif args.command == "real":
-        sys.path.insert(0, HERE)
-        real(args.torch_python, args.output, args.cases)
-    elif args.command == "torch-case":
-        torch_case(args.case, args.directory)
-    else:
-        print(json.dumps(keras_case(args.case, args.directory)))
+    sys.path.insert(0, HERE)
+    from family_parity import command_line
+    command_line(argv, __doc__.split("\n")[0], sys.modules[__name__], REAL_CASES)
 
 
 if __name__ == "__main__":
